@@ -1,0 +1,50 @@
+"""phasenets: phase-wise training of CNNs on small, specialized image datasets.
+
+Public API::
+
+    from phasenets import build_model, PhaseTrainer, TrainConfig, FeatureCache
+
+The heavy pieces are imported on first use, so ``import phasenets`` stays cheap and works
+even where an optional part (the native extension, DALI) is missing.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "build_model": "phasenets.models",
+    "list_models": "phasenets.models",
+    "BlockwiseNet": "phasenets.models",
+    "summarize": "phasenets.models.summary",
+    "TrainConfig": "phasenets.config",
+    "PhaseTrainer": "phasenets.train",
+    "FeatureCache": "phasenets.cache",
+    "native_available": "phasenets._extension",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from phasenets._extension import native_available
+    from phasenets.cache import FeatureCache
+    from phasenets.config import TrainConfig
+    from phasenets.models import BlockwiseNet, build_model, list_models
+    from phasenets.models.summary import summarize
+    from phasenets.train import PhaseTrainer
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'phasenets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
