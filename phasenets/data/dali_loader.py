@@ -1,0 +1,417 @@
+"""The NVIDIA DALI loader: decode and augment in DALI's native thread pool (or on the GPU).
+
+Same signature and face as :func:`phasenets.data.torch_loader.build_torch_loader` (see
+docs/internals.md): batches of ``(images, labels, indices)``, ``set_epoch``, ``set_view``.
+
+How views stay reproducible. DALI's own random operators draw from per-thread generators, so
+what a sample gets depends on which batch and thread it lands in. Here DALI draws nothing: every
+random choice (crop box, flip, affine matrix, brightness, contrast, erased box) is computed in
+Python by the PIL path's own sampler (:meth:`ImageTransform.params`, seeded by
+``view_seed(seed, index, view)``) and fed to the graph as per-sample arguments through
+``fn.external_source``. View ``v`` of sample ``i`` is therefore the same image whatever the batch
+size, shuffle order, rank or device, and the same view as the torch loader makes, up to resampling
+and decoder rounding.
+
+How a bad file is kept from killing a phase. A DALI pipeline that fails to decode one sample
+raises a critical error and cannot be used again, so (1) the preflight
+(``phasenets data check``) removes bad files before training, (2) each file is screened in
+Python before it is fed: its header must parse and a JPEG must end in an EOI marker, a PNG in
+its IEND chunk (this catches empty, non-image and truncated files), and (3) should the decoder
+still fail, the batches in flight are re-decoded one file at a time by a probe pipeline, the
+culprits are quarantined and a fresh pipeline resumes from the failed batch. A quarantined
+sample is replaced by the next good sample of the split (with that sample's own label and index,
+so every triple stays truthful) and listed in ``loader.bad_files`` with a warning.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Imported here, not lazily: `phasenets.data.build_loader(kind="auto")` falls back to the torch
+# loader exactly when importing this module fails.
+try:
+    import nvidia.dali as dali
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+except ImportError as error:
+    raise ImportError("the DALI loader needs NVIDIA DALI: `pip install nvidia-dali-cuda130` (the wheel "
+                      "matching your CUDA), or use the torch loader (`--loader torch`)") from error
+
+from phasenets.data.layout import Sample
+from phasenets.data.torch_loader import ShardedBatchSampler
+from phasenets.data.transforms import (AugmentConfig, AugmentParams, ImageTransform, Normalization,
+                                       affine_matrix, crop_box, erase_box)
+
+# Batches DALI prepares ahead of the one being consumed.
+_PREFETCH_DEPTH = 2
+# A JPEG's EOI marker can be followed by padding; look for it in this many trailing bytes.
+_JPEG_TAIL_BYTES = 1024
+
+
+class BadImageError(ValueError):
+    """A file that cannot be fed to the DALI decoder; the message says why."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-sample graph inputs, from the parameters the PIL path samples
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GraphInputs:
+    """What the graph needs to produce one view of one sample.
+
+    ``roi_start``/``roi_end``: the (y, x) corners, in source pixels, of the region resized to
+    ``image_size`` squared (x start > x end flips horizontally). ``matrix``: the affine warp's
+    output-to-input map, 2x3. ``erase_shape`` (0, 0) erases nothing.
+    """
+
+    roi_start: tuple[float, float]
+    roi_end: tuple[float, float]
+    matrix: tuple[tuple[float, float, float], tuple[float, float, float]] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+    brightness: float = 1.0
+    contrast: float = 1.0
+    erase_anchor: tuple[int, int] = (0, 0)
+    erase_shape: tuple[int, int] = (0, 0)
+
+
+def center_crop_box(width: int, height: int, image_size: int) -> tuple[float, float, float, float]:
+    """Source box (x0, y0, x1, y1) that :func:`~phasenets.data.transforms.resize_center_crop`'s
+    output covers: resizing just this box gives the same pixel mapping as resize-then-crop."""
+    scale = image_size / min(width, height)
+    new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
+    left, top = round((new_w - image_size) / 2), round((new_h - image_size) / 2)
+    scale_x, scale_y = width / new_w, height / new_h
+    return (left * scale_x, top * scale_y, (left + image_size) * scale_x, (top + image_size) * scale_y)
+
+
+def graph_inputs(params: AugmentParams | None, width: int, height: int, image_size: int) -> GraphInputs:
+    """Turn one view's :class:`AugmentParams` (None: evaluation) into the graph's inputs, with
+    the PIL path's geometry helpers so that both loaders make the same view."""
+    if params is None or params.crop is None:
+        x0, y0, x1, y1 = center_crop_box(width, height, image_size)
+    else:
+        x0, y0, crop_w, crop_h = crop_box(params, width, height)
+        x1, y1 = x0 + crop_w, y0 + crop_h
+    if params is None:
+        return GraphInputs((y0, x0), (y1, x1))
+    if params.hflip:
+        x0, x1 = x1, x0
+    a, b, c, d, e, f = affine_matrix(params, image_size, image_size)
+    erase_anchor, erase_shape = (0, 0), (0, 0)
+    if params.erase is not None:
+        erase_x, erase_y, erase_w, erase_h = erase_box(params, image_size, image_size)
+        erase_anchor, erase_shape = (erase_y, erase_x), (erase_h, erase_w)
+    return GraphInputs((y0, x0), (y1, x1), ((a, b, c), (d, e, f)), params.brightness,
+                       params.contrast, erase_anchor, erase_shape)
+
+
+def _has_affine(augment: AugmentConfig) -> bool:
+    return any((augment.rotation, augment.shear, augment.zoom, augment.shift))
+
+
+def _has_color(augment: AugmentConfig) -> bool:
+    return bool(augment.brightness or augment.contrast)
+
+
+# ----------------------------------------------------------------------------------------------
+# Screening encoded files
+# ----------------------------------------------------------------------------------------------
+
+def read_encoded(path: str) -> tuple[np.ndarray, int, int]:
+    """The file's bytes and its (width, height), or :class:`BadImageError` for a file the decoder
+    would choke on: empty, not an image, or a JPEG / PNG cut short."""
+    with open(path, "rb") as file:
+        data = file.read()
+    if not data:
+        raise BadImageError(f"{path}: empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height, kind = image.width, image.height, image.format
+    except Exception as error:  # PIL raises many types for garbage input
+        raise BadImageError(f"{path}: not an image file PIL can identify") from error
+    if kind == "JPEG" and data.rfind(b"\xff\xd9", max(0, len(data) - _JPEG_TAIL_BYTES)) < 0:
+        raise BadImageError(f"{path}: truncated JPEG (no end-of-image marker)")
+    if kind == "PNG" and b"IEND" not in data[-32:]:
+        raise BadImageError(f"{path}: truncated PNG (no IEND chunk)")
+    return np.frombuffer(data, dtype=np.uint8), width, height
+
+
+# ----------------------------------------------------------------------------------------------
+# The DALI graph
+# ----------------------------------------------------------------------------------------------
+
+def _param_names(augment: AugmentConfig | None) -> list[str]:
+    """The per-sample inputs the graph consumes, in the order the feed returns them."""
+    names = ["encoded", "roi_start", "roi_end"]
+    if augment is not None and augment.enabled:
+        if _has_affine(augment):
+            names.append("matrix")
+        if _has_color(augment):
+            names += ["brightness", "contrast"]
+        if augment.random_erasing > 0:
+            names += ["erase_anchor", "erase_shape"]
+    return names
+
+
+def _build_pipeline(*, source, names, batch_size, num_threads, device_id, seed, image_size,
+                    in_channels, augment, normalization):
+    on_gpu = device_id is not None
+    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                         seed=seed, prefetch_queue_depth=_PREFETCH_DEPTH)
+    with pipe:
+        inputs = dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True)))
+        images = fn.decoders.image(inputs["encoded"], device="mixed" if on_gpu else "cpu",
+                                   output_type=types.GRAY if in_channels == 1 else types.RGB,
+                                   adjust_orientation=False)  # PIL ignores EXIF orientation too
+        images = fn.resize(images, roi_start=inputs["roi_start"], roi_end=inputs["roi_end"],
+                           size=(image_size, image_size), interp_type=types.INTERP_LINEAR,
+                           antialias=True)
+        if "matrix" in inputs:
+            images = fn.warp_affine(images, matrix=inputs["matrix"], inverse_map=True,
+                                    fill_value=0, interp_type=types.INTERP_LINEAR)
+        if "brightness" in inputs:
+            images = fn.brightness_contrast(images, brightness=inputs["brightness"],
+                                            contrast=inputs["contrast"])
+        images = fn.crop_mirror_normalize(
+            images, dtype=types.FLOAT, output_layout="CHW",
+            mean=[255.0 * m for m in normalization.mean], std=[255.0 * s for s in normalization.std])
+        if "erase_anchor" in inputs:
+            # Filling with 0 after normalization paints the dataset mean, as RandomErasing does.
+            images = fn.erase(images, anchor=inputs["erase_anchor"], shape=inputs["erase_shape"],
+                              axis_names="HW", fill_value=0.0)
+        pipe.set_outputs(images)
+    pipe.build()
+    return pipe
+
+
+def _pack(names: list[str], encoded: list[np.ndarray], params: list[GraphInputs]) -> tuple:
+    """One batch per graph input, in ``names`` order."""
+    def column(get):
+        return [np.asarray(get(p), dtype=np.float32) for p in params]
+
+    columns = {
+        "encoded": encoded,
+        "roi_start": column(lambda p: p.roi_start),
+        "roi_end": column(lambda p: p.roi_end),
+        "matrix": column(lambda p: p.matrix),
+        "brightness": column(lambda p: p.brightness),
+        "contrast": column(lambda p: p.contrast),
+        "erase_anchor": column(lambda p: p.erase_anchor),
+        "erase_shape": column(lambda p: p.erase_shape),
+    }
+    return tuple(columns[name] for name in names)
+
+
+class _Probe:
+    """A one-image CPU pipeline that tells whether DALI's decoder accepts a file."""
+
+    def __init__(self, in_channels: int):
+        self._in_channels, self._pipe = in_channels, None
+
+    def decodes(self, encoded: np.ndarray) -> bool:
+        if self._pipe is None:
+            self._pipe = dali.Pipeline(batch_size=1, num_threads=1, device_id=None,
+                                             prefetch_queue_depth=1)
+            with self._pipe:
+                data = fn.external_source(name="encoded", dtype=types.UINT8)
+                self._pipe.set_outputs(fn.decoders.image(
+                    data, output_type=types.GRAY if self._in_channels == 1 else types.RGB))
+            self._pipe.build()
+        try:
+            self._pipe.feed_input("encoded", [encoded])
+            self._pipe.run()
+            return True
+        except RuntimeError:
+            self._pipe = None  # a pipeline is unusable after a critical error
+            return False
+
+
+# ----------------------------------------------------------------------------------------------
+# The loader
+# ----------------------------------------------------------------------------------------------
+
+class DaliLoader:
+    """Iterable of ``(images, labels, indices)`` batches produced by a DALI pipeline.
+
+    Build it with :func:`build_dali_loader`. Images are float32 ``[B, C, H, W]``, normalized, on
+    the current CUDA device when one is available (GPU decode and operators) and on the CPU
+    otherwise; labels and indices are int64 on the CPU.
+    """
+
+    def __init__(self, samples: list[Sample], *, image_size: int, in_channels: int,
+                 augment: AugmentConfig | None, normalization: Normalization, batch_size: int,
+                 shuffle: bool, seed: int, num_workers: int, drop_last: bool, rank: int,
+                 world_size: int):
+        _check_arguments(samples, in_channels, normalization, num_workers)
+        self._paths = [sample.path for sample in samples]
+        self._labels = torch.tensor([sample.label for sample in samples], dtype=torch.int64)
+        self._image_size, self._in_channels = image_size, in_channels
+        self._augment = augment if augment is not None and augment.enabled else None
+        self._normalization = normalization
+        self._batch_size, self._num_threads = batch_size, max(1, num_workers)
+        # The torch loader's sampler: both loaders give a rank the same samples in the same order.
+        self._sampler = ShardedBatchSampler(len(samples), batch_size, shuffle=shuffle, seed=seed,
+                                            drop_last=drop_last, rank=rank, world_size=world_size)
+        self._seed = seed
+        self._device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
+        self._names = _param_names(self._augment)
+        # Only its parameter sampler is used: the one source of every random choice.
+        self._transform = ImageTransform(image_size=image_size, in_channels=in_channels,
+                                         augment=augment, normalization=normalization, seed=seed)
+        self._bad: dict[int, str] = {}
+        self._probe = _Probe(in_channels)
+        self._pipe = None
+        # Per-epoch feed state, read by the external_source callback.
+        self._pending: collections.deque[list[tuple[int, int]]] = collections.deque()
+        self._in_flight: collections.deque[list[tuple[int, int]]] = collections.deque()
+
+    # -- the shared loader face ----------------------------------------------------------------
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the split (before sharding)."""
+        return len(self._paths)
+
+    @property
+    def bad_files(self) -> list[str]:
+        """One message per file quarantined so far (path and reason), in index order; their
+        batch slots got a substitute sample."""
+        return [reason for _, reason in sorted(self._bad.items())]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle deterministically for ``epoch``; unless a view is pinned, view = epoch."""
+        self._sampler.epoch = epoch
+
+    def set_view(self, view: int | None) -> None:
+        """Pin augmentation view ``view`` (cache building), or None to follow the epoch."""
+        if view is not None and view < 0:
+            raise ValueError(f"view must be non-negative or None, got {view}")
+        self._sampler.view = view
+
+    def __len__(self) -> int:
+        return len(self._sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        self._pending = collections.deque(self._sampler)  # batches of (index, view)
+        self._in_flight.clear()
+        return self._run()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _run(self):
+        completed = False
+        try:
+            while True:
+                if self._pipe is None:
+                    self._pipe = self._new_pipeline()
+                try:
+                    (images,) = self._pipe.run()
+                except StopIteration:
+                    completed = True
+                    return
+                except RuntimeError as error:
+                    self._recover(error)
+                    continue
+                indices = torch.tensor([index for index, _ in self._in_flight.popleft()], dtype=torch.int64)
+                yield self._to_torch(images), self._labels[indices], indices
+        finally:
+            if completed:
+                self._pipe.reset()  # ready for the next epoch
+            else:
+                self._pipe = None  # abandoned or failed mid-epoch: prefetched batches are stale
+
+    def _new_pipeline(self):
+        return _build_pipeline(
+            source=self._feed, names=self._names, batch_size=self._batch_size,
+            num_threads=self._num_threads, device_id=self._device_id, seed=self._seed,
+            image_size=self._image_size, in_channels=self._in_channels, augment=self._augment,
+            normalization=self._normalization)
+
+    def _feed(self):
+        """external_source callback: the encoded files and view parameters of the next batch."""
+        if not self._pending:
+            raise StopIteration
+        batch = self._pending.popleft()
+        fed, encoded, params = [], [], []
+        for index, view in batch:
+            index, data, width, height = self._read_good(index)
+            fed.append((index, view))
+            encoded.append(data)
+            params.append(graph_inputs(self._transform.params(index, view), width, height,
+                                       self._image_size))
+        self._in_flight.append(fed)
+        return _pack(self._names, encoded, params)
+
+    def _read_good(self, index: int) -> tuple[int, np.ndarray, int, int]:
+        """Read sample ``index``, or the next good sample when it is (or turns out to be) bad."""
+        for _ in range(len(self._paths)):
+            if index not in self._bad:
+                try:
+                    return (index, *read_encoded(self._paths[index]))
+                except (BadImageError, OSError) as error:
+                    self._quarantine(index, str(error))
+            index = (index + 1) % len(self._paths)
+        raise BadImageError("every file of this split is unreadable; run `phasenets data check`")
+
+    def _quarantine(self, index: int, reason: str) -> None:
+        self._bad[index] = reason
+        warnings.warn(f"DALI loader: skipping {reason}; its batch slot gets the next good sample "
+                      f"(run `phasenets data check` to find every bad file)", stacklevel=3)
+
+    def _recover(self, error: RuntimeError) -> None:
+        """The decoder failed: quarantine the culprits of the batches in flight, replay them."""
+        self._pipe = None
+        suspects = [index for batch in self._in_flight for index, _ in batch]
+        culprits = [index for index in suspects
+                    if not self._probe.decodes(read_encoded(self._paths[index])[0])]
+        if not culprits:
+            raise error
+        for index in culprits:
+            self._quarantine(index, f"{self._paths[index]}: DALI cannot decode it")
+        self._pending.extendleft(reversed(list(self._in_flight)))
+        self._in_flight.clear()
+
+    def _to_torch(self, images) -> torch.Tensor:
+        shape = (len(images), self._in_channels, self._image_size, self._image_size)
+        if self._device_id is None:
+            out = torch.empty(shape, dtype=torch.float32)
+            feed_ndarray(images.as_tensor(), out)
+            return out
+        device = torch.device("cuda", self._device_id)
+        out = torch.empty(shape, dtype=torch.float32, device=device)
+        stream = torch.cuda.current_stream(device)
+        feed_ndarray(images.as_tensor(), out, cuda_stream=stream)
+        return out
+
+
+def _check_arguments(samples, in_channels, normalization, num_workers) -> None:
+    # image_size, batch_size, rank and world_size are checked by ImageTransform and the sampler.
+    if not samples:
+        raise ValueError("cannot build a loader over an empty sample list")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+
+def build_dali_loader(samples: list[Sample], *, image_size: int, in_channels: int,
+                      augment: AugmentConfig | None, normalization: Normalization, batch_size: int,
+                      shuffle: bool, seed: int, num_workers: int = 2, drop_last: bool = False,
+                      rank: int = 0, world_size: int = 1) -> DaliLoader:
+    """A DALI loader over ``samples``; ``num_workers`` is the size of DALI's thread pool.
+
+    CPU pipelines when no CUDA device is visible; otherwise the ``mixed`` (nvJPEG) decoder and GPU
+    operators on ``torch.cuda.current_device()``. Raises ImportError when DALI is not installed.
+    """
+    return DaliLoader(samples, image_size=image_size, in_channels=in_channels, augment=augment,
+                      normalization=normalization, batch_size=batch_size, shuffle=shuffle,
+                      seed=seed, num_workers=num_workers, drop_last=drop_last, rank=rank,
+                      world_size=world_size)
