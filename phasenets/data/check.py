@@ -1,0 +1,182 @@
+"""The data preflight: find every file and folder that would break or skew training, up front.
+
+``check_dataset`` fully decodes every image (threads: PIL decodes with the GIL released), hashes
+its bytes, and reports problems in three severities:
+
+- ``fatal``: training cannot use it as it is. Undecodable files (``empty_file``,
+  ``not_an_image``, ``corrupt``, ``unsupported_mode``) are *skippable*: ``filter_bad`` drops them
+  (``--on-bad-image skip``). Layout problems (``layout``, ``empty_class``, ``no_classes``,
+  ``class_mismatch``) are not.
+- ``converted``: the loaders convert it (``converted``: CMYK, 16-bit, alpha); nothing to do.
+- ``warning``: usable, worth a look (``too_small``, ``duplicate`` across splits, ``ignored_file``
+  with a non-image extension, ``no_validation``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from phasenets.data.images import IMAGE_EXTENSIONS, conversion_note, to_channels
+from phasenets.data.layout import DatasetError, DatasetSplits, Sample, inspect_layout
+
+SEVERITIES = ("fatal", "converted", "warning")
+# An image is "too small" below crop_size, else below half of image_size (more than 2x upscaling),
+# else below this many pixels on a side.
+MIN_SIDE = 8
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str          # the file or folder concerned
+    kind: str          # e.g. "corrupt", "empty_class"; see the module docstring
+    message: str
+    severity: str      # one of SEVERITIES
+    skippable: bool = False  # a bad file that filter_bad can leave out
+
+
+@dataclass
+class CheckReport:
+    root: str
+    num_images: int
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing fatal was found."""
+        return not any(p.severity == "fatal" for p in self.problems)
+
+    @property
+    def bad_files(self) -> list[str]:
+        """Files that would break training and can be skipped."""
+        return sorted({p.path for p in self.problems if p.severity == "fatal" and p.skippable})
+
+    @property
+    def blocking(self) -> list[Problem]:
+        """Fatal problems that skipping bad files does not fix."""
+        return [p for p in self.problems if p.severity == "fatal" and not p.skippable]
+
+    def count(self, severity: str) -> int:
+        return sum(p.severity == severity for p in self.problems)
+
+    def format(self) -> str:
+        """A human-readable report: problems grouped by severity, then a one-line verdict."""
+        lines = []
+        for severity in SEVERITIES:
+            found = [p for p in self.problems if p.severity == severity]
+            if found:
+                lines.append(f"{severity} ({len(found)}):")
+                lines += [f"  [{p.kind}] {os.path.relpath(p.path, self.root)}: {p.message}" for p in found]
+        verdict = "OK" if self.ok else "NOT OK"
+        if not self.ok and not self.blocking:
+            verdict += " (--on-bad-image skip would leave out the bad files)"
+        lines.append(f"{self.root}: {self.num_images} images, {self.count('fatal')} fatal, "
+                     f"{self.count('converted')} converted, {self.count('warning')} warnings: {verdict}")
+        return "\n".join(lines)
+
+
+def check_dataset(data_dir: str | os.PathLike, image_size: int | None = None,
+                  crop_size: int | None = None, num_workers: int | None = None,
+                  progress: bool | None = None) -> CheckReport:
+    """Scan and fully decode a dataset folder; see the module docstring for what is reported.
+
+    ``progress`` None shows a progress bar only on a terminal.
+    """
+    root = os.path.abspath(os.fspath(data_dir))
+    try:
+        scan = inspect_layout(root)
+    except DatasetError as error:
+        return CheckReport(root, 0, [Problem(root, "layout", str(error), "fatal")])
+    problems = [Problem(p.path, p.kind, p.message, "fatal") for p in scan.problems]
+    if "validation" not in scan.split_dirs:
+        problems.append(Problem(root, "no_validation", "no validation/ (or val/) folder: train needs "
+                                "--val-split to carve one", "warning"))
+    problems += [Problem(path, "ignored_file", f"not a {'/'.join(IMAGE_EXTENSIONS)} file, ignored",
+                         "warning") for path in scan.ignored]
+
+    split_of = {path: split for split, by_class in scan.files.items()
+                for images in by_class.values() for path in images}
+    min_side = crop_size or (image_size // 2 if image_size else MIN_SIDE)
+    digests = defaultdict(list)
+    with ThreadPoolExecutor(max_workers=num_workers or min(8, os.cpu_count() or 1)) as pool:
+        results = pool.map(lambda path: _inspect_image(path, min_side), split_of)
+        for path, (digest, found) in tqdm(zip(split_of, results), total=len(split_of), unit="img",
+                                          desc="checking images", disable=None if progress is None else not progress):
+            problems += found
+            if digest is not None:
+                digests[digest].append(path)
+    problems += _cross_split_duplicates(digests, split_of)
+    problems.sort(key=lambda p: (SEVERITIES.index(p.severity), p.path, p.kind))
+    return CheckReport(root, len(split_of), problems)
+
+
+def filter_bad(splits: DatasetSplits, report: CheckReport) -> DatasetSplits:
+    """``splits`` without the report's bad files (indices are renumbered by the new lists).
+
+    Raises :class:`DatasetError` when leaving them out would empty a class of a split.
+    """
+    bad = set(report.bad_files)
+
+    def keep(samples: list[Sample], split: str) -> list[Sample]:
+        kept = [s for s in samples if s.path not in bad]
+        emptied = sorted({splits.classes[s.label] for s in samples} - {splits.classes[s.label] for s in kept})
+        if emptied:
+            raise DatasetError(f"leaving out bad files empties class(es) {', '.join(emptied)} of {split}")
+        return kept
+
+    return replace(splits, train=keep(splits.train, "train"),
+                   validation=keep(splits.validation, "validation"), test=keep(splits.test, "test"))
+
+
+def _inspect_image(path: str, min_side: int) -> tuple[str | None, list[Problem]]:
+    """(sha1 of the bytes or None, problems) for one file."""
+    def bad(kind: str, message: str) -> tuple[str | None, list[Problem]]:
+        return digest, [Problem(path, kind, message, "fatal", skippable=True)]
+
+    with open(path, "rb") as file:
+        data = file.read()
+    digest = hashlib.sha1(data).hexdigest() if data else None
+    if not data:
+        return bad("empty_file", "zero-byte file")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return bad("not_an_image", "not an image file (its contents match no image format)")
+    except Exception as error:  # noqa: BLE001 - any failure to parse the header makes the file bad
+        return bad("corrupt", f"header cannot be read: {error}")
+    with image:
+        try:
+            image.load()
+        except Exception as error:  # noqa: BLE001 - truncated, broken streams, decompression bombs
+            return bad("corrupt", f"cannot be decoded ({image.format}): {error}")
+        problems = []
+        note = conversion_note(image)
+        try:
+            to_channels(image, 3)
+        except Exception as error:  # noqa: BLE001
+            return bad("unsupported_mode", f"mode {image.mode} cannot be converted to RGB: {error}")
+        if note:
+            problems.append(Problem(path, "converted", note, "converted"))
+        width, height = image.size
+        if min(width, height) < min_side:
+            problems.append(Problem(path, "too_small", f"{width}x{height} pixels, smaller than {min_side} "
+                                    "on a side: it will be upscaled", "warning"))
+    return digest, problems
+
+
+def _cross_split_duplicates(digests: dict[str, list[str]], split_of: dict[str, str]) -> list[Problem]:
+    problems = []
+    for paths in digests.values():
+        if len({split_of[p] for p in paths}) > 1:
+            for path in paths:
+                others = ", ".join(p for p in paths if p != path)
+                problems.append(Problem(path, "duplicate", f"identical to {others} (in another split: "
+                                        "evaluation would see training data)", "warning"))
+    return problems
+
