@@ -1,0 +1,32 @@
+"""The block-wise model zoo.
+
+``build_model(name, num_classes, ...)`` returns a `BlockwiseNet`; ``list_models()`` names what
+is registered; ``register_model(name, ConfigClass)`` adds an architecture. Importing this package
+registers every architecture below.
+"""
+from phasenets.models.blockwise import (
+    HEAD_KINDS,
+    BlockShapeError,
+    BlockwiseNet,
+    ModelConfigError,
+    build_aux_head,
+    infer_output_shape,
+)
+from phasenets.models.registry import ModelConfig, build_model, list_models, model_options, register_model
+
+# Imported for their registrations.
+from phasenets.models import alexnet, inception_v4, lenet, resnet, resnet_cifar, shathenet, vgg  # noqa: E402,F401,I001
+
+__all__ = [
+    "HEAD_KINDS",
+    "BlockShapeError",
+    "BlockwiseNet",
+    "ModelConfig",
+    "ModelConfigError",
+    "build_aux_head",
+    "build_model",
+    "infer_output_shape",
+    "list_models",
+    "model_options",
+    "register_model",
+]

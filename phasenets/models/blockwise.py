@@ -1,0 +1,272 @@
+"""`BlockwiseNet`: a CNN split into blocks, trained one block (phase) at a time.
+
+Phase ``k`` (numbered from 1) trains ``blocks[k-1]`` on top of the frozen blocks before it, with an
+auxiliary classifier ``heads[k-1]`` on its output; the last block ends in the network's own
+classifier, so the last phase needs no auxiliary head. Shapes are inferred once, at construction,
+with meta tensors: no real computation and no memory for activations.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+HEAD_KINDS = ("linear", "mlp", "conv")
+MLP_HEAD_HIDDEN = 256  # hidden width of the `mlp` head
+CONV_HEAD_CHANNELS = 128  # channels of the `conv` head's 3x3 convolution
+_PROBE_BATCH = 2  # batch norm in training mode needs more than one value per channel
+
+
+class ModelConfigError(ValueError):
+    """A model cannot be built as asked: unknown name or option, impossible image size, bad blocks."""
+
+
+class BlockShapeError(ModelConfigError):
+    """An input shape does not fit a network (typically an image smaller than the network allows)."""
+
+
+def infer_output_shape(module: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """Output shape of ``module`` (without the batch dim) for one input of ``input_shape``.
+
+    Runs the module on meta tensors (shapes only, nothing computed); a module with an op that has
+    no meta kernel is run once on zeros instead. Raises `BlockShapeError` when the shape does not fit.
+    """
+    input_shape = tuple(int(size) for size in input_shape)
+    try:
+        return _meta_output_shape(module, input_shape)
+    except Exception:  # no meta kernel, or a genuine shape error: the real run below tells which
+        pass
+    try:
+        return _real_output_shape(module, input_shape)
+    except Exception as err:
+        raise BlockShapeError(f"input of shape {input_shape} does not fit: {err}") from err
+
+
+def _meta_output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    state = {
+        name: torch.empty_like(tensor, device="meta")
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]
+    }
+    probe = torch.empty((_PROBE_BATCH, *input_shape), device="meta")
+    return tuple(functional_call(module, state, (probe,)).shape[1:])
+
+
+def _real_output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    tensor = next(iter([*module.parameters(), *module.buffers()]), None)
+    device = tensor.device if tensor is not None else None
+    was_training = module.training
+    module.eval()  # keeps batch-norm running statistics untouched by the probe
+    try:
+        with torch.no_grad():
+            return tuple(module(torch.zeros((_PROBE_BATCH, *input_shape), device=device)).shape[1:])
+    finally:
+        module.train(was_training)
+
+
+def build_aux_head(kind: str, feature_shape: Sequence[int], num_classes: int) -> nn.Sequential:
+    """An auxiliary classifier mapping features of ``feature_shape`` (``(C, H, W)`` or ``(F,)``) to logits.
+
+    ``linear``: global average pool + Linear. ``mlp``: pool + Linear + ReLU + Dropout + Linear.
+    ``conv``: 3x3 conv + BN + ReLU + global pool + Linear (flat features fall back to ``mlp``).
+    """
+    if kind not in HEAD_KINDS:
+        raise ModelConfigError(f"unknown head kind {kind!r}; valid kinds: {', '.join(HEAD_KINDS)}")
+    feature_shape = tuple(feature_shape)
+    if len(feature_shape) not in (1, 3):
+        raise ModelConfigError(
+            f"an auxiliary head needs block outputs of shape (C, H, W) or (F,); got {feature_shape}"
+        )
+    flat = len(feature_shape) == 1
+    width = feature_shape[0]
+    pool = [] if flat else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if kind == "conv" and not flat:
+        return nn.Sequential(
+            nn.Conv2d(width, CONV_HEAD_CHANNELS, 3, padding=1, bias=False),
+            nn.BatchNorm2d(CONV_HEAD_CHANNELS),
+            nn.ReLU(inplace=True),
+            *pool,
+            nn.Linear(CONV_HEAD_CHANNELS, num_classes),
+        )
+    if kind == "linear":
+        return nn.Sequential(*pool, nn.Linear(width, num_classes))
+    return nn.Sequential(
+        *pool,
+        nn.Linear(width, MLP_HEAD_HIDDEN),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(MLP_HEAD_HIDDEN, num_classes),
+    )
+
+
+class BlockwiseNet(nn.Module):
+    """A network as an `nn.ModuleList` of blocks plus one auxiliary head per block but the last.
+
+    Args:
+        blocks: the network's modules in order; the last must end in the classifier, i.e. map its
+            input to ``[B, num_classes]`` logits.
+        num_classes: number of classes.
+        input_shape: ``(C, H, W)`` of one input image.
+        head: auxiliary head kind for phases ``1..n-1``: ``linear``, ``mlp`` or ``conv``.
+        name: registry name of the architecture, or ``"custom"``.
+        config: the architecture's config dataclass (``None`` for custom nets); part of what
+            identifies a model, e.g. in cache fingerprints.
+
+    A frozen block has ``requires_grad=False`` and stays in eval mode through ``model.train()``, so
+    its batch-norm statistics and dropout never change once its phase is over.
+    """
+
+    def __init__(
+        self,
+        blocks: Iterable[nn.Module],
+        num_classes: int,
+        input_shape: Sequence[int],
+        head: str = "linear",
+        name: str = "custom",
+        config: Any = None,
+    ) -> None:
+        super().__init__()
+        blocks = list(blocks)
+        _check_arguments(blocks, num_classes, input_shape, head)
+        self.blocks = nn.ModuleList(blocks)
+        self.num_classes = int(num_classes)
+        self.input_shape = tuple(int(size) for size in input_shape)
+        self.head_kind = head
+        self.name = name
+        self.config = config
+        self._output_shapes = self._infer_block_output_shapes()
+        if self._output_shapes[-1] != (self.num_classes,):
+            raise ModelConfigError(
+                f"the last block must end in the classifier and output ({self.num_classes},) "
+                f"per sample; it outputs {self._output_shapes[-1]}"
+            )
+        self.heads = nn.ModuleList(
+            build_aux_head(head, shape, self.num_classes) for shape in self._output_shapes[:-1]
+        )
+        self._frozen: set[int] = set()
+
+    @classmethod
+    def from_modules(
+        cls,
+        modules: Iterable[nn.Module],
+        num_classes: int,
+        input_shape: Sequence[int],
+        head: str = "linear",
+        name: str = "custom",
+    ) -> BlockwiseNet:
+        """Make a block-wise net from any modules: each module is one block.
+
+        An `nn.Sequential` counts as the list of its children. The last module must end in the
+        classifier (``[B, num_classes]`` logits).
+        """
+        if isinstance(modules, nn.Module) and not isinstance(modules, (nn.Sequential, nn.ModuleList)):
+            raise ModelConfigError(
+                "from_modules needs a list of modules (or an nn.Sequential of them), one per block; "
+                f"got a single {type(modules).__name__}"
+            )
+        return cls(list(modules), num_classes, input_shape, head=head, name=name)
+
+    def _infer_block_output_shapes(self) -> list[tuple[int, ...]]:
+        shapes, shape = [], self.input_shape
+        for index, block in enumerate(self.blocks, start=1):
+            try:
+                shape = infer_output_shape(block, shape)
+            except BlockShapeError as err:
+                raise BlockShapeError(f"block {index} of {self.name}: {err}") from err
+            shapes.append(shape)
+        return shapes
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def block_output_shapes(self) -> list[tuple[int, ...]]:
+        """Per block, the output shape of one sample: ``(C, H, W)`` or ``(F,)``."""
+        return list(self._output_shapes)
+
+    def block_input_shape(self, k: int) -> tuple[int, ...]:
+        """Input shape of block ``k`` (1-based) for one sample; block 1 takes ``input_shape``."""
+        self._check_block_index(k)
+        return self.input_shape if k == 1 else self._output_shapes[k - 2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x, self.num_blocks)
+
+    def features(self, x: torch.Tensor, upto: int) -> torch.Tensor:
+        """Output of blocks ``1..upto`` applied to ``x``; ``upto=0`` returns ``x`` unchanged."""
+        if not 0 <= upto <= self.num_blocks:
+            raise ValueError(f"upto must be in 0..{self.num_blocks}; got {upto}")
+        for block in self.blocks[:upto]:
+            x = block(x)
+        return x
+
+    def phase_forward(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits of phase ``k`` from ``h``, the output of blocks ``1..k-1``: block ``k`` then its head."""
+        self._check_block_index(k)
+        return self.head(k)(self.blocks[k - 1](h))
+
+    def head(self, k: int) -> nn.Module:
+        """The auxiliary head of phase ``k``; the last phase uses the network's own classifier."""
+        self._check_block_index(k)
+        return self.heads[k - 1] if k < self.num_blocks else nn.Identity()
+
+    def freeze_block(self, k: int) -> None:
+        """Stop training block ``k``: no gradients, and eval mode from now on."""
+        self._check_block_index(k)
+        block = self.blocks[k - 1]
+        for parameter in block.parameters():
+            parameter.requires_grad_(False)
+        block.eval()
+        self._frozen.add(k)
+
+    def unfreeze_block(self, k: int) -> None:
+        """Make block ``k`` trainable again, in the model's current train/eval mode."""
+        self._check_block_index(k)
+        block = self.blocks[k - 1]
+        for parameter in block.parameters():
+            parameter.requires_grad_(True)
+        block.train(self.training)
+        self._frozen.discard(k)
+
+    def freeze_blocks(self, upto: int) -> None:
+        """Freeze blocks ``1..upto``."""
+        if not 0 <= upto <= self.num_blocks:
+            raise ValueError(f"upto must be in 0..{self.num_blocks}; got {upto}")
+        for k in range(1, upto + 1):
+            self.freeze_block(k)
+
+    def is_frozen(self, k: int) -> bool:
+        self._check_block_index(k)
+        return k in self._frozen
+
+    def train(self, mode: bool = True) -> BlockwiseNet:
+        super().train(mode)
+        for k in self._frozen:
+            self.blocks[k - 1].eval()
+        return self
+
+    def _check_block_index(self, k: int) -> None:
+        if not 1 <= k <= self.num_blocks:
+            raise ValueError(f"block/phase index must be in 1..{self.num_blocks} (1-based); got {k}")
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, num_classes={self.num_classes}, input_shape={self.input_shape}"
+
+
+def _check_arguments(
+    blocks: list[nn.Module], num_classes: int, input_shape: Sequence[int], head: str
+) -> None:
+    if not blocks:
+        raise ModelConfigError("a BlockwiseNet needs at least one block")
+    for index, block in enumerate(blocks, start=1):
+        if not isinstance(block, nn.Module):
+            raise ModelConfigError(f"block {index} is a {type(block).__name__}, not an nn.Module")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelConfigError(f"num_classes must be a positive integer; got {num_classes!r}")
+    if len(input_shape) != 3 or any(int(size) < 1 for size in input_shape):
+        raise ModelConfigError(f"input_shape must be (C, H, W) with positive sizes; got {tuple(input_shape)}")
+    if head not in HEAD_KINDS:
+        raise ModelConfigError(f"unknown head kind {head!r}; valid kinds: {', '.join(HEAD_KINDS)}")
