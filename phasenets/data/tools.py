@@ -32,8 +32,8 @@ def split_dataset(src: str | os.PathLike, out: str | os.PathLike, ratios: Sequen
     """Split ``src/<class>/<images>`` into ``out/{train,validation[,test]}/<class>/``.
 
     ``ratios`` has two (train, validation) or three (train, validation, test) entries summing to
-    1. Per class, a seeded shuffle assigns ``round(ratio * n)`` images to validation and test and
-    the rest to train, which keeps at least one.
+    1. Per class, a seeded shuffle assigns ``round(ratio * n)`` images (at least one) to
+    validation and test and the rest, at least one, to train.
     """
     if len(ratios) not in _SPLITS_BY_COUNT or abs(sum(ratios) - 1.0) > 1e-6 or min(ratios) < 0:
         raise ValueError(f"ratios must be 2 or 3 non-negative fractions summing to 1, got {tuple(ratios)}")
@@ -43,9 +43,10 @@ def split_dataset(src: str | os.PathLike, out: str | os.PathLike, ratios: Sequen
     plan = []  # (source path, split, class, file name)
     for name, paths in classes.items():
         order = rng.permutation(len(paths))
-        held_out = [round(r * len(paths)) for r in ratios[1:]]
+        held_out = [max(1, round(r * len(paths))) if r > 0 else 0 for r in ratios[1:]]
         if sum(held_out) >= len(paths):
-            raise DatasetError(f"class {name} has {len(paths)} images: too few to split by {tuple(ratios)}")
+            raise DatasetError(f"class {name} has {len(paths)} image(s): too few to split by {tuple(ratios)} "
+                               "with at least one image per split")
         start = len(paths) - sum(held_out)
         bounds = np.cumsum([0, start, *held_out])
         for split, low, high in zip(names, bounds[:-1], bounds[1:]):
