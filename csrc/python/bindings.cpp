@@ -1,0 +1,24 @@
+// The Python module phasenets._C: importing it registers the phasenets:: ops (their static
+// registrations live in the other translation units) and exposes the prefetcher class.
+#include "../device_transfer.h"
+#include "../prefetcher.h"
+
+#include <torch/extension.h>
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "phasenets native ops (torch.ops.phasenets.*) and the batch prefetcher";
+  m.def("built_with_cuda", &phasenets::built_with_cuda,
+        "Whether this build has the CUDA kernels and device prefetching.");
+
+  // Blocking calls drop the GIL: the workers never need it, and other Python threads keep running.
+  py::class_<phasenets::Prefetcher>(m, "Prefetcher")
+      .def(py::init<at::Tensor, std::vector<at::Tensor>, std::optional<at::Tensor>, at::ScalarType,
+                    int64_t, int64_t, std::optional<at::Device>>(),
+           py::arg("storage"), py::arg("batches"), py::arg("scale"), py::arg("out_dtype"),
+           py::arg("depth"), py::arg("num_workers"), py::arg("device"))
+      .def("next", &phasenets::Prefetcher::next, py::call_guard<py::gil_scoped_release>())
+      .def("close", &phasenets::Prefetcher::close, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("num_batches", &phasenets::Prefetcher::num_batches);
+}
