@@ -1,0 +1,375 @@
+"""``TrainConfig``: every training option in one dataclass.
+
+A configuration is built in three layers, later ones winning: the dataclass defaults, a YAML or
+JSON file (``--config FILE``), then the command line. Every option has a dashed flag
+(``--max-epochs``); the flags of seed 000's ``train_blockwise.py`` are accepted under their own
+names and value styles as well (``--max_epoch 50 --freeze_layers false --optimizer Adadelta``).
+The same seed names work as keys in a config file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["ConfigError", "TrainConfig", "add_config_arguments", "config_from_args", "parse_bool"]
+
+
+class ConfigError(ValueError):
+    """An option has a value the trainer cannot use; the message says which values are valid."""
+
+
+SCHEDULES = ("phasewise", "standard", "progressive")
+OPTIMIZERS = ("adadelta", "adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "inverse_time", "cosine", "step")
+AMP_MODES = ("off", "bf16", "fp16")
+LOADERS = ("auto", "dali", "torch")
+NORMALIZATIONS = ("meanstd", "pixel_mean", "imagenet", "none")
+AUGMENT_PRESETS = ("none", "light", "standard")
+HEADS = ("linear", "mlp", "conv")
+MONITORS = ("accuracy", "loss")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Keras' defaults, which seed 000 relied on when --lr was not given.
+DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3, "adamw": 1e-3, "sgd": 0.01}
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def parse_bool(value: Any) -> bool:
+    """Read a boolean the way seed 000's flags were written (``true``/``false``, any case)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"expected a boolean (true/false, yes/no, on/off, 1/0), got {value!r}")
+
+
+def _option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field whose help text also serves the command line."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """All options of a phase-wise training run.
+
+    Field help texts double as the ``phasenets train --help`` text. ``None`` means "derive it":
+    ``num_classes`` from the train class folders, ``image_size`` from the model's default, ``lr``
+    from the optimizer (Keras' defaults), ``lr_schedule`` from ``lr_decay``, ``output`` from the
+    model, schedule and start time.
+    """
+
+    # data
+    data_dir: str | None = _option(None, "dataset root holding train/, validation/ (or val/) and optionally test/")
+    dataset_name: str | None = _option(None, "a name for the dataset, recorded in the run's summary")
+    num_classes: int | None = _option(None, "number of classes (default: the number of train class folders)")
+    image_size: int | None = _option(None, "side of the square network input in pixels (default: the model's)")
+    in_channels: int | None = _option(None, "image channels fed to the network: 1 (grayscale) or 3 (RGB) (default: the model's)")
+    val_split: float = _option(0.0, "fraction of train carved out as validation when there is no validation folder")
+    loader: str = _option("auto", "data loader", choices=LOADERS)
+    num_workers: int = _option(2, "data loading worker processes")
+    augment: str = _option("none", "augmentation preset", choices=AUGMENT_PRESETS)
+    augment_options: dict = _option(
+        {}, "augmentation options on top of the preset, NAME=VALUE (repeatable), e.g. rotation=10 hflip=true"
+    )
+    normalization: str = _option("meanstd", "input normalization", choices=NORMALIZATIONS)
+
+    # model
+    model: str = _option("alexnet", "architecture name (see `phasenets summary`)")
+    head: str = _option("linear", "auxiliary head of each intermediate phase", choices=HEADS)
+
+    # the phase plan
+    schedule: str = _option(
+        "phasewise",
+        "phasewise: one block per phase with an auxiliary head, earlier blocks frozen; "
+        "standard: all blocks in one phase; progressive: phase k trains blocks 1..k, older ones at lower lr",
+        choices=SCHEDULES,
+    )
+    start_phase: int = _option(1, "phase to start at, counting from 1 (0 also means the first); later phases need --ckpt-dir")
+    ckpt_dir: str | None = _option(None, "checkpoint file or run directory whose weights initialize the model")
+    finetune_epochs: int = _option(0, "after the last phase, one more phase of this many epochs with every block unfrozen")
+    finetune_lr_scale: float = _option(0.1, "learning-rate factor of the fine-tuning phase")
+    progressive_lr_decay: float = _option(
+        0.5, "progressive schedule: each block older than the newest trains at this factor times the next one's lr"
+    )
+    block_lr_multipliers: list = _option([], "per-block learning-rate factors, one per block, comma separated")
+
+    # optimization
+    optimizer: str = _option("adadelta", "optimizer", choices=OPTIMIZERS)
+    lr: float | None = _option(None, "learning rate (default per optimizer: adadelta 1.0, adam/adamw 1e-3, sgd 0.01)")
+    momentum: float = _option(0.9, "sgd momentum")
+    nesterov: bool = _option(False, "sgd: Nesterov momentum")
+    weight_decay: float = _option(0.0, "weight decay")
+    lr_decay: float = _option(0.0, "Keras inverse-time decay per iteration: lr / (1 + decay * iterations)")
+    lr_schedule: str | None = _option(
+        None, "learning-rate schedule within a phase (default: inverse_time when --lr-decay > 0, else constant)",
+        choices=LR_SCHEDULES,
+    )
+    lr_step_size: int = _option(30, "step schedule: epochs between learning-rate drops")
+    lr_gamma: float = _option(0.1, "step schedule: factor of each drop")
+    label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy loss")
+    batch_size: int = _option(32, "images per batch (per process)")
+    max_epochs: int = _option(100, "maximum epochs of each phase")
+    patience: int = _option(10, "stop a phase after this many epochs without validation improvement (0: never)")
+    monitor: str = _option("accuracy", "validation metric that picks a phase's best weights", choices=MONITORS)
+
+    # the run
+    seed: int = _option(1, "random seed of initialization, shuffling and augmentation")
+    deterministic: bool = _option(False, "deterministic algorithms only: reruns and resumed runs give identical weights")
+    amp: str = _option("off", "mixed precision: autocast dtype; fp16 also uses a GradScaler", choices=AMP_MODES)
+    device: str = _option("auto", "where to train (auto: cuda when available)", choices=DEVICES)
+    num_gpus: int = _option(1, "GPUs to train on (more than one: start the run under torchrun)")
+    use_test: bool = _option(False, "evaluate the test split after each phase")
+    output: str | None = _option(None, "run directory (default: runs/<model>-<schedule>-<timestamp>)")
+    resume: str | None = _option(None, "continue the killed run in this run directory from its last completed epoch")
+    tensorboard: bool = _option(True, "write TensorBoard events when tensorboard is installed")
+
+    def __post_init__(self) -> None:
+        for name, kind in _field_types().items():
+            setattr(self, name, _coerce(name, kind, getattr(self, name)))
+        self.optimizer = self.optimizer.lower()
+        if self.start_phase == 0:  # seed 000's default, meaning "from the beginning"
+            self.start_phase = 1
+        if self.lr_schedule is None:
+            self.lr_schedule = "inverse_time" if self.lr_decay > 0 else "constant"
+        self._validate()
+
+    def _validate(self) -> None:
+        for item in dataclasses.fields(self):
+            choices = item.metadata.get("choices")
+            value = getattr(self, item.name)
+            if choices and value is not None and value not in choices:
+                raise ConfigError(f"{item.name}={value!r} is not valid; choose one of: {', '.join(choices)}")
+        _check(self.in_channels in (None, 1, 3), f"in_channels must be 1 or 3, got {self.in_channels}")
+        _check(0.0 <= self.val_split < 1.0, f"val_split must be in [0, 1), got {self.val_split}")
+        _check(self.num_classes is None or self.num_classes >= 2, f"num_classes must be at least 2, got {self.num_classes}")
+        _check(self.image_size is None or self.image_size > 0, f"image_size must be positive, got {self.image_size}")
+        _check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
+        _check(self.max_epochs > 0, f"max_epochs must be positive, got {self.max_epochs}")
+        _check(self.start_phase >= 1, f"start_phase must be at least 1, got {self.start_phase}")
+        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _check(self.num_gpus >= 1, f"num_gpus must be at least 1, got {self.num_gpus}")
+        for name in ("patience", "finetune_epochs", "weight_decay", "lr_decay", "label_smoothing"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.label_smoothing < 1, f"label_smoothing must be below 1, got {self.label_smoothing}")
+        _check(self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}")
+        _check(self.lr_step_size > 0, f"lr_step_size must be positive, got {self.lr_step_size}")
+        for name in ("finetune_lr_scale", "progressive_lr_decay", "lr_gamma"):
+            _check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _check(
+            all(factor >= 0 for factor in self.block_lr_multipliers),
+            f"block_lr_multipliers must be >= 0, got {self.block_lr_multipliers}",
+        )
+        _check(
+            self.start_phase == 1 or self.ckpt_dir is not None or self.resume is not None,
+            f"start_phase={self.start_phase} needs --ckpt-dir with the weights of the earlier phases",
+        )
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate in use: ``lr`` or the optimizer's default."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (YAML, JSON and ``torch.load(weights_only=True)`` safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build a config from field names or seed 000's names; unknown keys are an error."""
+        return cls(**_canonical_options(values))
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Load a YAML (``.yaml``/``.yml``) or JSON file; ``overrides`` win over the file."""
+        return cls.from_dict({**load_config_file(path), **_canonical_options(overrides)})
+
+    def save(self, path: str | Path) -> None:
+        """Write the resolved config as YAML: ``TrainConfig.from_file`` reads it back."""
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read the mapping in a YAML or JSON config file (keys not yet checked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of option names to values")
+    return values
+
+
+# ----------------------------------------------------------------------------------------------
+# names and types
+
+# seed 000's flag name -> field name, where they differ
+SEED_ALIASES = {
+    "model_name": "model",
+    "max_epoch": "max_epochs",
+    "rand_seed": "seed",
+    "dr": "lr_decay",
+    "num_gpu": "num_gpus",
+}
+# seed 000's flags that are spelled like a field, with underscores
+SEED_FIELD_FLAGS = ("dataset_name", "num_classes", "data_dir", "image_size", "batch_size", "ckpt_dir",
+                    "start_phase", "optimizer", "lr", "use_test")
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {item.name: hints[item.name] for item in dataclasses.fields(TrainConfig)}
+
+
+def _canonical_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Map seed names and dashed spellings to field names; translate ``freeze_layers``."""
+    names = set(_field_types())
+    options: dict[str, Any] = {}
+    freeze_layers = None
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name == "freeze_layers":
+            freeze_layers = parse_bool(value)
+            continue
+        name = SEED_ALIASES.get(name, name)
+        if name not in names:
+            valid = sorted(names | set(SEED_ALIASES) | {"freeze_layers"})
+            raise ConfigError(f"unknown option {key!r}; valid options: {', '.join(valid)}")
+        options[name] = value
+    if freeze_layers is not None:
+        # seed 000: --freeze_layers false is standard end-to-end training
+        schedule = options.get("schedule")
+        if freeze_layers and schedule == "standard" or not freeze_layers and schedule not in (None, "standard"):
+            raise ConfigError(f"freeze_layers={freeze_layers} contradicts schedule={schedule!r}")
+        if not freeze_layers:
+            options["schedule"] = "standard"
+    return options
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """Turn a command-line or file value into the field's type, or say what was expected."""
+    args = typing.get_args(kind)
+    optional = type(None) in args
+    if optional:
+        kind = next(arg for arg in args if arg is not type(None))
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+    base = typing.get_origin(kind) or kind
+    try:
+        if base is bool:
+            return parse_bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is str:
+            if not isinstance(value, (str, Path)):
+                raise TypeError(f"expected text, got {type(value).__name__}")
+            return str(value)
+        if base is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [float(item) for item in items if str(item).strip() != ""]
+        if base is dict:
+            return _parse_assignments(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from error
+    raise TypeError(f"unsupported option type {kind} for {name}")  # a new field needs a rule above
+
+
+def _parse_assignments(value: Any) -> dict[str, Any]:
+    """``{"a": 1}``, ``"a=1,b=true"`` or ``["a=1", "b=true"]`` -> a dict of YAML-typed values."""
+    if isinstance(value, dict):
+        return dict(value)
+    import yaml
+
+    items = value.split(",") if isinstance(value, str) else list(value)
+    parsed = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected NAME=VALUE, got {item!r}")
+        parsed[key.strip()] = yaml.safe_load(text)
+    return parsed
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per option (plus seed 000's spellings) to ``parser``.
+
+    Options left off the command line are absent from the parsed namespace (``SUPPRESS``), so
+    ``config_from_args`` can tell "given" from "default" and layer the flags over a config file.
+    """
+    parser.add_argument("--config", default=None, help="YAML or JSON file of options; flags override it")
+    seed_spelling = {field_name: alias for alias, field_name in SEED_ALIASES.items()}
+    for item in dataclasses.fields(TrainConfig):
+        flags = ["--" + item.name.replace("_", "-")]
+        if item.name in SEED_FIELD_FLAGS and "_" in item.name:
+            flags.append("--" + item.name)
+        if item.name in seed_spelling:
+            flags.append("--" + seed_spelling[item.name])
+        kind = _field_types()[item.name]
+        kwargs: dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS, "help": _help(item)}
+        if typing.get_origin(kind) is None and kind is bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif kind is dict:
+            kwargs.update(action="append", metavar="NAME=VALUE")
+        parser.add_argument(*flags, **kwargs)
+    parser.add_argument(
+        "--freeze_layers", "--freeze-layers", dest="freeze_layers", default=argparse.SUPPRESS, nargs="?",
+        const="true", metavar="BOOL", help="seed 000: false means --schedule standard",
+    )
+
+
+def _help(item: dataclasses.Field) -> str:
+    text = item.metadata["help"]
+    choices = item.metadata.get("choices")
+    if choices:
+        text += f" ({'|'.join(choices)})"
+    default = item.default if item.default is not dataclasses.MISSING else None
+    if default not in (None, "", [], {}):
+        text += f" [default: {default}]"
+    return text.replace("%", "%%")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the ``--config`` file (or a resumed run's saved config), then the flags."""
+    names = set(_field_types()) | {"freeze_layers"}
+    given = {name: value for name, value in vars(args).items() if name in names}
+    if getattr(args, "config", None):
+        return TrainConfig.from_file(args.config, **given)
+    resume = given.get("resume")
+    if resume is not None:
+        saved = Path(resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {resume}: no config.yaml there; is it a phasenets run directory?")
+        return TrainConfig.from_file(saved, **given)
+    return TrainConfig.from_dict(given)

@@ -1,0 +1,65 @@
+"""Optimizers and per-iteration learning-rate schedules of one phase."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from phasenets.config import TrainConfig
+
+__all__ = ["build_optimizer", "build_lr_scheduler", "lr_factor"]
+
+
+def build_optimizer(config: TrainConfig, groups: list[tuple[nn.Module, float]]) -> torch.optim.Optimizer:
+    """An optimizer over ``(module, lr_scale)`` groups: each module trains at ``lr * lr_scale``.
+
+    Parameters that do not require grad (frozen layers inside a trainable module) are left out.
+    """
+    base_lr = config.learning_rate
+    param_groups = []
+    for module, scale in groups:
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            param_groups.append({"params": params, "lr": base_lr * scale})
+    if not param_groups:
+        raise ValueError("this phase has no trainable parameters")
+    # the `lr` arguments below are only defaults; every group sets its own
+    if config.optimizer == "adadelta":
+        return torch.optim.Adadelta(param_groups, lr=base_lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(param_groups, lr=base_lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=base_lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        param_groups, lr=base_lr, momentum=config.momentum, nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+
+
+def lr_factor(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
+    """The factor on each group's learning rate after ``iteration`` optimizer steps of a phase.
+
+    ``inverse_time`` is Keras' ``decay`` argument (seed 000's ``--dr``): ``1 / (1 + decay * it)``;
+    like Keras, whose optimizer was rebuilt for every phase, the iteration count restarts each phase.
+    """
+    if config.lr_schedule == "inverse_time":
+        decay = config.lr_decay
+        return lambda iteration: 1.0 / (1.0 + decay * iteration)
+    if config.lr_schedule == "cosine":
+        total = max(1, total_steps)
+        return lambda iteration: 0.5 * (1.0 + math.cos(math.pi * min(iteration, total) / total))
+    if config.lr_schedule == "step":
+        steps_per_drop = max(1, config.lr_step_size * steps_per_epoch)
+        gamma = config.lr_gamma
+        return lambda iteration: gamma ** (iteration // steps_per_drop)
+    return lambda iteration: 1.0
+
+
+def build_lr_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, max_epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A scheduler to be stepped after every optimizer step."""
+    factor = lr_factor(config, steps_per_epoch, steps_per_epoch * max_epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

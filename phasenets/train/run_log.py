@@ -1,0 +1,124 @@
+"""What a run leaves behind besides checkpoints: ``metrics.csv``, TensorBoard events and plots."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Callable
+
+from phasenets.train.metrics import SplitMetrics
+
+__all__ = ["CSV_FIELDS", "RunLog", "read_metrics", "truncate_metrics", "plot_history"]
+
+CSV_FIELDS = ["phase", "epoch", "split", "loss", "accuracy", "top5", "lr", "seconds"]
+
+
+class RunLog:
+    """Appends one row per (phase, epoch, split) to ``metrics.csv`` and mirrors it to TensorBoard.
+
+    Only rank 0 makes one; the CSV is flushed after every row so a killed run keeps its history.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.csv_path = run_dir / "metrics.csv"
+        new_file = not self.csv_path.exists()
+        self._file = open(self.csv_path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=CSV_FIELDS)
+        if new_file:
+            self._writer.writeheader()
+            self._file.flush()
+        self._tensorboard = _open_tensorboard(run_dir / "tensorboard") if tensorboard else None
+
+    def log(self, phase: int, epoch: int, split: str, metrics: SplitMetrics, lr: float, seconds: float,
+            step: int) -> None:
+        """Record one pass over ``split``; ``step`` is the x axis in TensorBoard (epochs over all phases)."""
+        self._writer.writerow({
+            "phase": phase, "epoch": epoch, "split": split, "loss": f"{metrics.loss:.6g}",
+            "accuracy": f"{metrics.accuracy:.6g}", "top5": "" if metrics.top5 is None else f"{metrics.top5:.6g}",
+            "lr": f"{lr:.6g}", "seconds": f"{seconds:.3f}",
+        })
+        self._file.flush()
+        if self._tensorboard is not None:
+            self._tensorboard.add_scalar(f"{split}/loss", metrics.loss, step)
+            self._tensorboard.add_scalar(f"{split}/accuracy", metrics.accuracy, step)
+            if metrics.top5 is not None:
+                self._tensorboard.add_scalar(f"{split}/top5", metrics.top5, step)
+            if split == "train":
+                self._tensorboard.add_scalar("lr", lr, step)
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def _open_tensorboard(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def read_metrics(csv_path: str | Path) -> list[dict[str, str]]:
+    with open(csv_path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def truncate_metrics(csv_path: Path, keep: Callable[[dict[str, str]], bool]) -> None:
+    """Drop the rows a resumed run will write again (those after its last checkpoint)."""
+    if not csv_path.exists():
+        return
+    rows = [row for row in read_metrics(csv_path) if keep(row)]
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(csv_path)
+
+
+def plot_history(csv_path: str | Path, out_dir: str | Path, phase_names: dict[int, str]) -> list[Path]:
+    """``accuracy.png`` and ``loss.png``: every epoch of every phase on one axis, phases marked.
+
+    Train and validation are lines; a phase's test evaluation is a marker at the phase's end.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(csv_path)
+    last_epoch: dict[int, int] = {}
+    for row in rows:
+        phase = int(row["phase"])
+        last_epoch[phase] = max(last_epoch.get(phase, 0), int(row["epoch"]))
+    offsets, start = {}, 0
+    for phase in sorted(last_epoch):
+        offsets[phase] = start
+        start += last_epoch[phase]
+
+    paths = []
+    for metric, label in (("accuracy", "top-1 accuracy"), ("loss", "loss")):
+        figure, axes = plt.subplots(figsize=(8, 4.5))
+        for split, style in (("train", "-"), ("validation", "-"), ("test", "o")):
+            points = [(offsets[int(r["phase"])] + int(r["epoch"]), float(r[metric])) for r in rows if r["split"] == split]
+            if points:
+                xs, ys = zip(*points)
+                axes.plot(xs, ys, style, label=split)
+        for phase, offset in offsets.items():
+            if offset > 0:
+                axes.axvline(offset + 0.5, color="gray", linestyle="--", linewidth=0.8)
+            axes.text(offset + 0.6, 0.98, phase_names.get(phase, f"phase {phase}"), transform=axes.get_xaxis_transform(),
+                      fontsize=8, va="top", color="gray")
+        axes.set_xlim(0.5, start + 0.5)
+        axes.set_xlabel("epoch (all phases)")
+        axes.set_ylabel(label)
+        axes.legend(loc="best")
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        path = Path(out_dir) / f"{metric}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        paths.append(path)
+    return paths

@@ -1,0 +1,535 @@
+"""``PhaseTrainer``: runs the phase plan, one flat epoch loop per phase.
+
+Per phase: freeze the prefix, wrap the trainable blocks (+ head) for DDP, build a fresh optimizer
+and schedule, then train and validate epoch by epoch with early stopping; at the end put back the
+phase's best-validation weights. The trainable part reads its inputs from a feature source
+(``sources.py``); every epoch ends in an atomic checkpoint that ``--resume`` continues from.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from phasenets.config import ConfigError, TrainConfig
+from phasenets.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from phasenets.train.distributed import DistributedContext
+from phasenets.train.metrics import MetricTracker, SplitMetrics, per_class_accuracy
+from phasenets.train.optim import build_lr_scheduler, build_optimizer
+from phasenets.train.plan import Phase, build_plan
+from phasenets.train.run_log import RunLog, plot_history, truncate_metrics
+from phasenets.train.sources import FrozenPrefixSource
+
+__all__ = ["PhaseTrainer", "PhaseResult", "TrainResult", "PhaseStage"]
+
+log = logging.getLogger("phasenets")
+
+
+@dataclass
+class PhaseResult:
+    """How one phase went; ``validation`` and ``test`` are the metrics of its restored best weights."""
+
+    index: int
+    name: str
+    epochs: int
+    best_epoch: int
+    validation: dict[str, Any]
+    test: dict[str, Any] | None
+    seconds: float
+    best_checkpoint: str
+    last_checkpoint: str
+
+
+@dataclass
+class TrainResult:
+    """What ``PhaseTrainer.fit`` returns. ``final`` is the whole network on the test split (or on
+    validation when there is no test split), with per-class accuracy and the confusion matrix."""
+
+    run_dir: Path
+    classes: list[str]
+    phases: list[PhaseResult]
+    final: dict[str, Any]
+    checkpoint: Path
+    seconds: float
+    model: nn.Module = field(repr=False)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.final["accuracy"] if self.final["split"] == "test" else None
+
+
+class PhaseStage(nn.Module):
+    """The trainable part of a phase: blocks ``first..last`` of the network, then the head of ``last``.
+
+    It holds the network's own modules (no copies), so training it trains the network.
+    """
+
+    def __init__(self, model: nn.Module, phase: Phase):
+        super().__init__()
+        self.blocks = nn.ModuleList(model.blocks[k - 1] for k in phase.trainable_blocks)
+        self.head = model.head(phase.last_block)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            inputs = block(inputs)
+        return self.head(inputs)
+
+
+@dataclass
+class _EarlyStopping:
+    """Tracks the best validation epoch of a phase and how long it has been since."""
+
+    monitor: str
+    patience: int
+    best: float | None = None
+    best_epoch: int = 0
+    stale_epochs: int = 0
+
+    def update(self, metrics: SplitMetrics, epoch: int) -> bool:
+        value = metrics.accuracy if self.monitor == "accuracy" else metrics.loss
+        better = self.best is None or (value > self.best if self.monitor == "accuracy" else value < self.best)
+        if better:
+            self.best, self.best_epoch, self.stale_epochs = value, epoch, 0
+        else:
+            self.stale_epochs += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.stale_epochs >= self.patience
+
+
+@dataclass
+class _StartPoint:
+    """Where ``fit`` begins: a phase, and for a resumed phase its last checkpoint."""
+
+    phase: int
+    checkpoint: dict[str, Any] | None = None
+    done: list[PhaseResult] = field(default_factory=list)
+    mid_phase: bool = False  # the checkpoint is an unfinished epoch loop of `phase`
+
+
+class PhaseTrainer:
+    """Trains a network phase by phase as ``config`` describes.
+
+    ``model``: a ready ``BlockwiseNet`` (e.g. ``BlockwiseNet.from_modules(...)``); by default the
+    trainer builds ``config.model`` from the registry. ``PhaseTrainer(config).fit()`` runs the
+    whole plan and returns a ``TrainResult``.
+    """
+
+    def __init__(self, config: TrainConfig, model: nn.Module | None = None):
+        self.config = config
+        self.model = model
+
+    # ------------------------------------------------------------------------------------------
+    # the run
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        started = time.perf_counter()
+        self.dist = DistributedContext.from_environment(cfg.device)
+        if cfg.num_gpus > 1 and not self.dist.distributed:
+            raise ConfigError(
+                f"num_gpus={cfg.num_gpus}: start the run with torchrun --nproc_per_node {cfg.num_gpus} -m phasenets train ..."
+            )
+        try:
+            return self._fit(started)
+        finally:
+            self.dist.close()
+
+    def _fit(self, started: float) -> TrainResult:
+        cfg = self.config
+        device = self.dist.device
+        _seed_everything(cfg.seed, cfg.deterministic)
+        self.data = _scan(cfg)
+        self.run_dir = self._prepare_run_dir()
+        start = self._start_point()
+        self.model = self._build_model(start).to(device)
+        self.normalization = self._normalization(start)
+        self.plan = build_plan(cfg, self.model.num_blocks)
+        self.loaders = {split: self._loader(split) for split in ("train", "validation", "test") if self.data.split(split)}
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.run_log = self._open_log(start) if self.dist.is_main else None
+        if self.dist.is_main:
+            self._resolved_config().save(self.run_dir / "config.yaml")
+
+        if cfg.resume is not None and start.checkpoint is not None and not start.mid_phase:
+            restore_rng_state(start.checkpoint["rng"])  # as the completed phase left them
+        results = list(start.done)
+        for phase in self.plan:
+            if phase.index < start.phase:
+                continue
+            resumed = start.checkpoint if start.mid_phase and phase.index == start.phase else None
+            results.append(self._train_phase(phase, resumed, results))
+        return self._finish(results, started)
+
+    def _train_phase(self, phase: Phase, resumed: dict | None, done: list[PhaseResult]) -> PhaseResult:
+        cfg, model, device = self.config, self.model, self.dist.device
+        phase_started = time.perf_counter()
+        for block in range(1, model.num_blocks + 1):
+            (model.unfreeze_block if block in phase.trainable_blocks else model.freeze_block)(block)
+        stage = PhaseStage(model, phase)
+        trainable = self.dist.wrap(stage)
+        optimizer = build_optimizer(
+            cfg, [(model.blocks[k - 1], scale) for k, scale in zip(phase.trainable_blocks, phase.block_lr_scales)]
+            + [(stage.head, phase.head_lr_scale)],
+        )
+        train_source = self._source("train", phase)
+        scheduler = build_lr_scheduler(cfg, optimizer, len(train_source), phase.max_epochs)
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        stopper = _EarlyStopping(cfg.monitor, cfg.patience)
+        global_epoch = sum(result.epochs for result in done)
+        first_epoch, best_state, seconds_before = 1, None, 0.0
+
+        if resumed is not None:  # continue this phase after its last completed epoch
+            model.load_state_dict(resumed["model_state"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            scaler.load_state_dict(resumed["scaler"])
+            stopper = _EarlyStopping(**resumed["early_stopping"])
+            best_state = load_checkpoint(self._checkpoint_path(phase, "best"))["model_state"]
+            first_epoch, seconds_before = resumed["epoch"] + 1, resumed["seconds"]
+            global_epoch += resumed["epoch"]
+            restore_rng_state(resumed["rng"])
+            log.info("resuming %s at epoch %d", phase.name, first_epoch)
+
+        log.info("%s/%d: training blocks %d-%d (%d trainable parameters), %d frozen", phase.name,
+                 len(self.plan), phase.first_block, phase.last_block,
+                 sum(p.numel() for p in stage.parameters() if p.requires_grad), phase.frozen_prefix)
+        epoch = first_epoch - 1
+        for epoch in range(first_epoch, phase.max_epochs + 1):
+            if stopper.should_stop:
+                epoch -= 1
+                break
+            epoch_started = time.perf_counter()
+            model.train()  # frozen blocks stay in eval mode
+            train_metrics = self._train_epoch(trainable, train_source, optimizer, scheduler, scaler, criterion,
+                                              epoch, phase)
+            train_seconds = time.perf_counter() - epoch_started
+            val_metrics = self._evaluate(stage, self._source("validation", phase)).compute()
+            global_epoch += 1
+            lr = optimizer.param_groups[-1]["lr"]
+            if self.run_log is not None:
+                self.run_log.log(phase.index, epoch, "train", train_metrics, lr, train_seconds, global_epoch)
+                self.run_log.log(phase.index, epoch, "validation", val_metrics, lr,
+                             time.perf_counter() - epoch_started - train_seconds, global_epoch)
+            improved = stopper.update(val_metrics, epoch)
+            log.info("%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs", phase.name,
+                     epoch, phase.max_epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss,
+                     val_metrics.accuracy, " *" if improved else "", time.perf_counter() - epoch_started)
+            state = _training_state(epoch, False, stopper, seconds_before + time.perf_counter() - phase_started,
+                                    (optimizer, scheduler, scaler), done)
+            if improved:
+                best_state = copy.deepcopy(model.state_dict())
+                self._save(phase, "best", state)
+            self._save(phase, "last", state)  # the RNG state saved here is what the next epoch starts from
+
+        # the phase ends on its best-validation weights, before its blocks are frozen for good
+        model.load_state_dict(best_state)
+        val_metrics = self._evaluate(stage, self._source("validation", phase)).compute()
+        test_metrics = None
+        if cfg.use_test and "test" in self.loaders:
+            test_metrics = self._evaluate(stage, self._source("test", phase)).compute()
+            if self.run_log is not None:
+                self.run_log.log(phase.index, stopper.best_epoch, "test", test_metrics, optimizer.param_groups[-1]["lr"],
+                             0.0, global_epoch)
+            log.info("%s test loss %.4f acc %.4f", phase.name, test_metrics.loss, test_metrics.accuracy)
+        seconds = seconds_before + time.perf_counter() - phase_started
+        result = PhaseResult(
+            index=phase.index, name=phase.name, epochs=epoch, best_epoch=stopper.best_epoch,
+            validation=val_metrics.as_dict(), test=None if test_metrics is None else test_metrics.as_dict(),
+            seconds=seconds, best_checkpoint=str(self._checkpoint_path(phase, "best")),
+            last_checkpoint=str(self._checkpoint_path(phase, "last")),
+        )
+        self._save(phase, "last", _training_state(epoch, True, stopper, seconds, (optimizer, scheduler, scaler),
+                                                  [*done, result]))
+        if self.run_log is not None:
+            plot_history(self.run_log.csv_path, self.run_dir, {p.index: p.name for p in self.plan})
+        return result
+
+    def _train_epoch(self, trainable: nn.Module, source, optimizer, scheduler, scaler, criterion,
+                     epoch: int, phase: Phase) -> SplitMetrics:
+        tracker = MetricTracker(self.model.num_classes, self.dist.device)
+        source.set_epoch(epoch - 1)
+        show = self.dist.is_main and sys.stdout.isatty()
+        for inputs, labels, _ in tqdm(source, desc=f"{phase.name} epoch {epoch}", leave=False, disable=not show):
+            with self._autocast():
+                logits = trainable(inputs)
+            loss = criterion(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            tracker.update(logits.float(), labels, loss)
+        tracker.reduce(self.dist.all_reduce_sum)
+        return tracker.compute()
+
+    @torch.no_grad()
+    def _evaluate(self, forward: nn.Module, source) -> MetricTracker:
+        was_training = self.model.training
+        self.model.eval()
+        criterion = nn.CrossEntropyLoss()
+        tracker = MetricTracker(self.model.num_classes, self.dist.device)
+        for inputs, labels, _ in source:
+            with self._autocast():
+                logits = forward(inputs).float()
+            tracker.update(logits, labels, criterion(logits, labels))
+        tracker.reduce(self.dist.all_reduce_sum)
+        self.model.train(was_training)
+        return tracker
+
+    def _finish(self, results: list[PhaseResult], started: float) -> TrainResult:
+        """Evaluate the whole network, write the final checkpoint, summary and plots."""
+        split = "test" if "test" in self.loaders else "validation"
+        source = FrozenPrefixSource(self.loaders[split], self.model, 0, self.dist.device, self._autocast)
+        tracker = self._evaluate(self.model, source)
+        metrics = tracker.compute()
+        final = {
+            "split": split, **metrics.as_dict(),
+            "per_class_accuracy": dict(zip(self.data.classes, per_class_accuracy(tracker.confusion.cpu()))),
+            "confusion_matrix": tracker.confusion.cpu().tolist(),
+        }
+        checkpoint = self.run_dir / "checkpoints" / "final.pt"
+        log.info("final %s accuracy %.4f (%d images)", split, metrics.accuracy, metrics.count)
+        if self.dist.is_main:
+            save_checkpoint(checkpoint, self._payload(self.plan[-1], {"completed": True}))
+            summary = {
+                "config": self._resolved_config().to_dict(), "classes": self.data.classes,
+                "model": self._model_record(), "phases": [asdict(r) for r in results], "final": final,
+                "seconds": time.perf_counter() - started, "checkpoint": str(checkpoint),
+            }
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            plot_history(self.run_log.csv_path, self.run_dir, {p.index: p.name for p in self.plan})
+            self.run_log.close()
+        self.dist.barrier()
+        return TrainResult(self.run_dir, self.data.classes, results, final, checkpoint,
+                           time.perf_counter() - started, self.model)
+
+    # ------------------------------------------------------------------------------------------
+    # setup
+
+    def _prepare_run_dir(self) -> Path:
+        cfg = self.config
+        if cfg.resume is not None:
+            run_dir = Path(cfg.resume)
+            if not (run_dir / "checkpoints").is_dir():
+                raise ConfigError(f"--resume {run_dir}: no checkpoints/ there; is it a phasenets run directory?")
+            return run_dir
+        if cfg.output is not None:
+            run_dir = Path(cfg.output)
+            if (run_dir / "checkpoints").exists():
+                raise ConfigError(f"{run_dir} already holds a run: continue it with --resume {run_dir} "
+                                  "or choose another --output")
+        else:
+            stamp = self.dist.broadcast_object(datetime.now().strftime("%Y%m%d-%H%M%S"))
+            run_dir = Path("runs") / f"{cfg.model}-{cfg.schedule}-{stamp}"
+        if self.dist.is_main:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.dist.barrier()
+        return run_dir
+
+    def _start_point(self) -> _StartPoint:
+        """From scratch, from ``--ckpt-dir`` weights at ``start_phase``, or from a resumed run."""
+        cfg = self.config
+        if cfg.resume is not None:
+            found = sorted(Path(cfg.resume, "checkpoints").glob("phase*-last.pt"), key=_phase_number)
+            if not found:
+                return _StartPoint(1)
+            checkpoint = load_checkpoint(found[-1])
+            done = [PhaseResult(**r) for r in checkpoint["results"]]
+            if checkpoint["completed"]:
+                return _StartPoint(checkpoint["phase"] + 1, checkpoint, done)
+            return _StartPoint(checkpoint["phase"], checkpoint, done, mid_phase=True)
+        if cfg.ckpt_dir is not None:
+            return _StartPoint(cfg.start_phase, load_checkpoint(_initial_checkpoint(Path(cfg.ckpt_dir), cfg.start_phase)))
+        return _StartPoint(1)
+
+    def _build_model(self, start: _StartPoint) -> nn.Module:
+        cfg = self.config
+        num_classes = self.data.num_classes
+        if cfg.num_classes is not None and cfg.num_classes != num_classes:
+            raise ConfigError(f"num_classes={cfg.num_classes} but {cfg.data_dir}/train has {num_classes} class "
+                              f"folders: {', '.join(self.data.classes)}")
+        model = self.model
+        if model is None:
+            from phasenets.models import build_model
+
+            model = build_model(cfg.model, num_classes, in_channels=cfg.in_channels, image_size=cfg.image_size,
+                                head=cfg.head)
+        elif model.num_classes != num_classes or cfg.in_channels not in (None, model.input_shape[0]):
+            raise ConfigError(f"the model takes {model.input_shape[0]} channels and predicts {model.num_classes} "
+                              f"classes; the config says {cfg.in_channels} channels and the data has {num_classes}")
+        if start.checkpoint is not None:
+            if list(start.checkpoint["classes"]) != self.data.classes:
+                raise ConfigError(f"the checkpoint was trained on classes {start.checkpoint['classes']}, "
+                                  f"the data has {self.data.classes}")
+            model.load_state_dict(start.checkpoint["model_state"])
+        return model
+
+    def _normalization(self, start: _StartPoint):
+        from phasenets.data.transforms import Normalization, compute_normalization
+
+        if start.checkpoint is not None:  # keep the statistics the earlier weights were trained with
+            return Normalization(**start.checkpoint["normalization"])
+        return compute_normalization(self.data.train, self.config.normalization, self.image_size, self.in_channels)
+
+    @property
+    def image_size(self) -> int:
+        return self.model.input_shape[-1]
+
+    @property
+    def in_channels(self) -> int:
+        return self.model.input_shape[0]
+
+    def _loader(self, split: str):
+        from phasenets.data import build_loader
+        from phasenets.data.transforms import AugmentConfig
+
+        cfg = self.config
+        training = split == "train"
+        augment = None
+        if training:
+            augment = AugmentConfig.preset(cfg.augment)
+            if cfg.augment_options:
+                augment = _replace_augment(augment, cfg.augment_options)
+        samples = self.data.split(split)
+        return build_loader(
+            samples, kind=cfg.loader, image_size=self.image_size, in_channels=self.in_channels, augment=augment,
+            normalization=self.normalization, batch_size=cfg.batch_size, shuffle=training, seed=cfg.seed,
+            num_workers=cfg.num_workers,
+            # a last batch of one image would break batch norm in training mode
+            drop_last=training and len(samples) % (cfg.batch_size * self.dist.world_size) == 1,
+            rank=self.dist.rank, world_size=self.dist.world_size,
+        )
+
+    def _source(self, split: str, phase: Phase) -> FrozenPrefixSource:
+        return FrozenPrefixSource(self.loaders[split], self.model, phase.frozen_prefix, self.dist.device, self._autocast)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.amp_dtype)
+
+    def _open_log(self, start: _StartPoint) -> RunLog:
+        csv_path = self.run_dir / "metrics.csv"
+        if start.checkpoint is not None and self.config.resume is not None:
+            # rows written after the last checkpoint will be written again
+            point = (start.checkpoint["phase"], start.checkpoint["epoch"], start.checkpoint["completed"])
+            truncate_metrics(csv_path, lambda row: _written_before(row, *point))
+        return RunLog(self.run_dir, tensorboard=self.config.tensorboard)
+
+    def _resolved_config(self) -> TrainConfig:
+        cfg = self.config
+        return TrainConfig.from_dict({
+            **cfg.to_dict(), "num_classes": self.data.num_classes, "image_size": self.image_size, "in_channels": self.in_channels,
+            "lr": cfg.learning_rate, "output": str(self.run_dir), "resume": None,
+        })
+
+    def _model_record(self) -> dict[str, Any]:
+        """What ``phasenets eval`` needs to rebuild the network."""
+        options = {}
+        if dataclasses.is_dataclass(getattr(self.model, "config", None)):  # architecture options, e.g. dropout
+            options = {key: value for key, value in dataclasses.asdict(self.model.config).items()
+                       if key not in ("num_classes", "in_channels", "image_size")}
+        return {"name": getattr(self.model, "name", "custom"), "num_classes": self.model.num_classes,
+                "in_channels": self.in_channels, "image_size": self.image_size, "head": self.config.head,
+                "options": options}
+
+    def _checkpoint_path(self, phase: Phase, kind: str) -> Path:
+        return self.run_dir / "checkpoints" / f"phase{phase.index}-{kind}.pt"
+
+    def _payload(self, phase: Phase, state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model_state": self.model.state_dict(), "model": self._model_record(), "classes": self.data.classes,
+            "normalization": {"mean": list(self.normalization.mean), "std": list(self.normalization.std)},
+            "config": self._resolved_config().to_dict(), "phase": phase.index, "phase_name": phase.name,
+            "rng": capture_rng_state(), **state,
+        }
+
+    def _save(self, phase: Phase, kind: str, state: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self._checkpoint_path(phase, kind), self._payload(phase, state))
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _training_state(epoch: int, completed: bool, stopper: _EarlyStopping, seconds: float, stateful: tuple,
+                    results: list[PhaseResult]) -> dict[str, Any]:
+    """The part of a checkpoint that ``--resume`` continues a phase from."""
+    optimizer, scheduler, scaler = stateful
+    return {
+        "epoch": epoch, "completed": completed, "early_stopping": asdict(stopper), "seconds": seconds,
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "results": [asdict(result) for result in results],
+    }
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _scan(cfg: TrainConfig):
+    from phasenets.data.layout import scan_dataset
+
+    if cfg.data_dir is None:
+        raise ConfigError("data_dir is required: the folder holding train/ and validation/ (--data-dir DIR)")
+    return scan_dataset(cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed)
+
+
+def _replace_augment(augment, options: dict[str, Any]):
+    valid = {item.name for item in dataclasses.fields(augment)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ConfigError(f"unknown augmentation option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    return dataclasses.replace(augment, **options)
+
+
+def _phase_number(path: Path) -> int:
+    return int(path.name.removeprefix("phase").split("-")[0])
+
+
+def _initial_checkpoint(ckpt_dir: Path, start_phase: int) -> Path:
+    """The checkpoint holding the weights ``start_phase`` builds on: a file, or a run directory."""
+    if ckpt_dir.is_file():
+        return ckpt_dir
+    checkpoints = ckpt_dir / "checkpoints" if (ckpt_dir / "checkpoints").is_dir() else ckpt_dir
+    candidates = [checkpoints / f"phase{start_phase - 1}-best.pt", checkpoints / "final.pt"]
+    for candidate in candidates if start_phase > 1 else candidates[1:]:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"--ckpt-dir {ckpt_dir}: none of {', '.join(c.name for c in candidates)} found there")
+
+
+def _written_before(row: dict[str, str], phase: int, epoch: int, completed: bool) -> bool:
+    """Whether a metrics.csv row was written before the checkpoint at (phase, epoch, completed)."""
+    row_phase, row_epoch = int(row["phase"]), int(row["epoch"])
+    if row_phase != phase:
+        return row_phase < phase
+    if row["split"] == "test":  # written when the phase completed
+        return completed
+    return row_epoch <= epoch

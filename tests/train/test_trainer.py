@@ -1,0 +1,140 @@
+"""The trainer loop: freezing, gradients, early stopping, best-weights restore and run artifacts."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+
+from phasenets.config import TrainConfig
+from phasenets.data import DatasetError
+from phasenets.train import PhaseTrainer
+from phasenets.train.checkpoint import load_checkpoint
+
+from conftest import CLASSES, tiny_config, tiny_net, write_dataset
+
+STEPS_PER_EPOCH = 5  # 36 training images in batches of 8
+EPOCHS = 2
+
+
+def _block_entries(state: dict, block: int) -> dict:
+    prefix = f"blocks.{block - 1}."
+    return {name: value for name, value in state.items() if name.startswith(prefix)}
+
+
+def _assert_equal_states(left: dict, right: dict) -> None:
+    assert left.keys() == right.keys()
+    for name in left:
+        assert torch.equal(left[name], right[name]), name
+
+
+def test_frozen_blocks_stay_bitwise_unchanged(phasewise_run):
+    result, initial, _ = phasewise_run
+    run = result.run_dir / "checkpoints"
+    final = load_checkpoint(run / "final.pt")["model_state"]
+    for phase in (1, 2):
+        trained = load_checkpoint(run / f"phase{phase}-last.pt")["model_state"]
+        # the block trained in this phase (weights and batch-norm statistics) never moves again
+        _assert_equal_states(_block_entries(trained, phase), _block_entries(final, phase))
+        # and the blocks after it were untouched while it trained
+        for later in range(phase + 1, 4):
+            _assert_equal_states(_block_entries(trained, later), _block_entries(initial, later))
+
+
+def test_only_the_current_phase_gets_gradients(phasewise_run):
+    _, _, counts = phasewise_run
+    steps = EPOCHS * STEPS_PER_EPOCH
+    for name, count in counts.items():
+        # every block and every auxiliary head trains in exactly one phase
+        assert count == steps, f"{name} got {count} gradients, expected {steps}"
+
+
+def test_run_directory_contents(phasewise_run):
+    result, _, _ = phasewise_run
+    run = result.run_dir
+    for name in ("config.yaml", "metrics.csv", "summary.json", "accuracy.png", "loss.png"):
+        assert (run / name).stat().st_size > 0, name
+    assert TrainConfig.from_file(run / "config.yaml").num_classes == len(CLASSES)
+
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert list(rows[0]) == ["phase", "epoch", "split", "loss", "accuracy", "top5", "lr", "seconds"]
+    assert [(r["phase"], r["epoch"], r["split"]) for r in rows if r["split"] != "test"] == [
+        (str(p), str(e), s) for p in (1, 2, 3) for e in (1, 2) for s in ("train", "validation")
+    ]
+    assert len([r for r in rows if r["split"] == "test"]) == 3
+    assert all(r["top5"] == "" for r in rows)  # 3 classes: top-5 is meaningless
+
+    checkpoint = load_checkpoint(run / "checkpoints" / "phase2-last.pt")
+    assert checkpoint["classes"] == sorted(CLASSES)
+    assert checkpoint["phase"] == 2 and checkpoint["epoch"] == EPOCHS and checkpoint["completed"]
+    for key in ("optimizer", "scheduler", "scaler", "rng", "config", "normalization"):
+        assert key in checkpoint
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert [phase["index"] for phase in summary["phases"]] == [1, 2, 3]
+    confusion = summary["final"]["confusion_matrix"]
+    assert len(confusion) == 3 and sum(map(sum, confusion)) == 4 * 3
+    assert result.test_accuracy == summary["final"]["accuracy"]
+    assert set(summary["final"]["per_class_accuracy"]) == set(CLASSES)
+
+
+def test_early_stopping_restores_best_weights(tmp_path):
+    # validation labels are a permutation of the train labels: the better the network learns,
+    # the worse it validates, so the first epoch is the best and patience runs out after it
+    data = write_dataset(tmp_path / "data", {"train": 12}, seed=1)
+    swapped = dict(zip(CLASSES, CLASSES[1:] + CLASSES[:1]))
+    write_dataset(tmp_path / "patterns", {"validation": 4}, seed=2)
+    for source, target in swapped.items():
+        shutil.copytree(tmp_path / "patterns" / "validation" / source, data / "validation" / target)
+    config = tiny_config(data, tmp_path / "run", schedule="standard", max_epochs=8, patience=2, monitor="loss")
+    result = PhaseTrainer(config, model=tiny_net()).fit()
+
+    phase = result.phases[0]
+    assert phase.epochs == phase.best_epoch + 2 < 8
+    best = load_checkpoint(result.run_dir / "checkpoints" / "phase1-best.pt")
+    assert best["epoch"] == phase.best_epoch
+    _assert_equal_states(best["model_state"], result.model.state_dict())
+    rows = [r for r in csv.DictReader(open(result.run_dir / "metrics.csv")) if r["split"] == "validation"]
+    losses = [float(r["loss"]) for r in rows]
+    assert losses.index(min(losses)) + 1 == phase.best_epoch
+    assert phase.validation["loss"] == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_start_phase_from_an_earlier_run(phasewise_run, tmp_path):
+    earlier, _, _ = phasewise_run
+    config = tiny_config(TrainConfig.from_file(earlier.run_dir / "config.yaml").data_dir, tmp_path / "run",
+                         start_phase=3, ckpt_dir=str(earlier.run_dir), max_epochs=1)
+    result = PhaseTrainer(config, model=tiny_net()).fit()
+    assert [phase.index for phase in result.phases] == [3]
+    before = load_checkpoint(earlier.run_dir / "checkpoints" / "phase2-best.pt")["model_state"]
+    for block in (1, 2):
+        _assert_equal_states(_block_entries(before, block), _block_entries(result.model.state_dict(), block))
+
+
+def test_progressive_with_finetuning_and_bf16(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, tmp_path / "run", schedule="progressive", finetune_epochs=1, max_epochs=1,
+                         finetune_lr_scale=0.5, amp="bf16", lr_schedule="cosine")
+    result = PhaseTrainer(config, model=tiny_net()).fit()
+    assert [phase.name for phase in result.phases] == ["phase 1", "phase 2", "phase 3", "finetune"]
+    assert result.final["count"] == 12
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("no_validation", "validation"),
+    ("empty_class", "square"),
+    ("class_sets", "extra"),
+])
+def test_dataset_problems_stop_before_training(tmp_path, problem, message):
+    data = write_dataset(tmp_path / "data", {"train": 3, "validation": 2})
+    if problem == "no_validation":
+        shutil.rmtree(data / "validation")
+    elif problem == "empty_class":
+        shutil.rmtree(data / "train" / "square")
+        (data / "train" / "square").mkdir()
+    else:
+        shutil.copytree(data / "validation" / "ring", data / "validation" / "extra")
+    with pytest.raises(DatasetError, match=message):
+        PhaseTrainer(tiny_config(data, tmp_path / "run"), model=tiny_net()).fit()
+    assert not (tmp_path / "run").exists()
