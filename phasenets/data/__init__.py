@@ -48,8 +48,8 @@ def build_loader(samples: Sequence[Sample], *, kind: str = "auto", **options):
             dali_loader = importlib.import_module("phasenets.data.dali_loader")
         except ImportError as error:
             if kind == "dali":
-                raise ImportError(f"the DALI loader is unavailable ({error}); install the DALI wheel "
-                                  "matching your CUDA (pip install nvidia-dali-cuda130) or use --loader torch") from error
+                raise ImportError(f"the DALI loader is unavailable ({error}); install the DALI wheel matching "
+                                  "your CUDA (pip install nvidia-dali-cuda130) or use --loader torch") from error
             _log_fallback(error)
         else:
             return dali_loader.build_dali_loader(samples, **options)

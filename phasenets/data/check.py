@@ -106,8 +106,9 @@ def check_dataset(data_dir: str | os.PathLike, image_size: int | None = None,
     digests = defaultdict(list)
     with ThreadPoolExecutor(max_workers=num_workers or min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(lambda path: _inspect_image(path, min_side), split_of)
-        for path, (digest, found) in tqdm(zip(split_of, results), total=len(split_of), unit="img",
-                                          desc="checking images", disable=None if progress is None else not progress):
+        bar = tqdm(zip(split_of, results), total=len(split_of), unit="img", desc="checking images",
+                   disable=None if progress is None else not progress)  # None: on a terminal only
+        for path, (digest, found) in bar:
             problems += found
             if digest is not None:
                 digests[digest].append(path)

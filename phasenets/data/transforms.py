@@ -276,6 +276,8 @@ class ImageTransform:
                  normalization: Normalization, seed: int = 0) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         if len(normalization.mean) != in_channels:
             raise ValueError(f"normalization has {len(normalization.mean)} channels, in_channels is {in_channels}")
         self.image_size, self.in_channels, self.seed = image_size, in_channels, seed
