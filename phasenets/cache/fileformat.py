@@ -30,6 +30,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import torch
 
@@ -176,20 +177,26 @@ def decode_header(raw: bytes, file_size: int | None = None) -> CacheHeader:
     return header
 
 
-def read_header(path: str | os.PathLike) -> CacheHeader:
-    """Read and validate the header of the cache file at ``path`` (the payload is not checked)."""
-    with open(path, "rb") as file:
-        file_size = os.fstat(file.fileno()).st_size
-        raw = file.read(PAGE_SIZE)
-        if len(raw) >= _PREFIX.size:
-            _, _, meta_nbytes, scale_nbytes, _ = _PREFIX.unpack_from(raw)
-            needed = _PREFIX.size + min(meta_nbytes, _MAX_META_BYTES) + min(scale_nbytes, _MAX_SCALE_BYTES)
-            if needed > len(raw):
-                raw += file.read(needed - len(raw))
+def read_header(source: str | os.PathLike | BinaryIO) -> CacheHeader:
+    """Read and validate the header of a cache file (the payload is not checked).
+
+    ``source`` is a path or a binary file opened for reading (read from its start).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as file:
+            return read_header(file)
+    source.seek(0)
+    file_size = os.fstat(source.fileno()).st_size
+    raw = source.read(PAGE_SIZE)
+    if len(raw) >= _PREFIX.size:
+        _, _, meta_nbytes, scale_nbytes, _ = _PREFIX.unpack_from(raw)
+        needed = _PREFIX.size + min(meta_nbytes, _MAX_META_BYTES) + min(scale_nbytes, _MAX_SCALE_BYTES)
+        if needed > len(raw):
+            raw += source.read(needed - len(raw))
     try:
         return decode_header(raw, file_size)
     except CacheFormatError as error:
-        raise CacheFormatError(f"{os.fspath(path)}: {error}") from None
+        raise CacheFormatError(f"{getattr(source, 'name', 'cache file')}: {error}") from None
 
 
 def payload_crc32(payload: torch.Tensor) -> int:

@@ -1,0 +1,604 @@
+"""``FeatureCache``: the outputs of frozen blocks, computed once and read back every epoch.
+
+A cache holds ``num_samples x views`` rows of one feature shape in a storage dtype (fp32, fp16,
+bf16, or int8 with a per-channel scale). Row ``index * views + view`` holds view ``view`` of
+sample ``index``. The rows live in one of three tiers (see :mod:`phasenets.cache.tiers`): device
+memory, host RAM (pinned where CUDA exists) or a memory-mapped file under ``cache_dir``.
+
+Disk caches are crash-safe. A build writes ``<name>.pncache.partial-<pid>`` while holding an
+exclusive lock on ``<name>.pncache.lock``; :meth:`FeatureCache.commit` checksums the payload,
+writes the header, fsyncs, and only then renames the file to ``<name>.pncache``. A reader
+therefore sees either no file, the previous complete file, or the new complete file, and
+:meth:`FeatureCache.open` re-checks the header and checksum before it serves anything. A build
+killed at any point leaves only a partial file, which the next builder deletes.
+
+Typical use (one process builds, any number reuse)::
+
+    def fill(cache):
+        for images, _labels, indices in loader:
+            cache.write(indices, backbone(images))
+
+    cache = FeatureCache.open_or_build(fill, cache_dir="runs/cache", fingerprint=fp,
+                                       num_samples=len(dataset), feature_shape=(256, 6, 6))
+    for features, indices in cache.batches(torch.randperm(len(dataset)), batch_size=128):
+        ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import glob
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from phasenets.cache import ops
+from phasenets.cache.fileformat import (
+    STORAGE_DTYPES,
+    CacheFormatError,
+    CacheHeader,
+    encode_header,
+    payload_crc32,
+    read_header,
+)
+from phasenets.cache.tiers import TIERS, choose_tier
+
+__all__ = ["FeatureCache", "CacheLockTimeout"]
+
+FILE_SUFFIX = ".pncache"
+WRITABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the scatter op takes as input
+PREFETCH_WORKERS = min(4, os.cpu_count() or 1)
+
+
+class CacheLockTimeout(TimeoutError):
+    """Another process held the build lock for longer than the caller was willing to wait."""
+
+
+class _BuildLock:
+    """An exclusive ``flock`` on ``<name>.pncache.lock``: one builder per cache file at a time.
+
+    The kernel drops the lock when its holder exits, however it exits, so a crashed builder never
+    leaves a stale lock behind. The lock file itself is never deleted (deleting it would let two
+    processes lock two different inodes of the same name).
+    """
+
+    def __init__(self, path: str, timeout: float | None):
+        self.path = path
+        self._file = open(path, "a+b")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                return
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    self._file.close()
+                    raise
+                if time.monotonic() >= deadline:
+                    self._file.close()
+                    raise CacheLockTimeout(
+                        f"another process has been building the cache behind {path} for over {timeout}s"
+                    ) from None
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+
+
+def _file_paths(cache_dir: str | os.PathLike, name: str) -> tuple[str, str, str]:
+    """(committed file, partial-file prefix, lock file) for cache ``name`` under ``cache_dir``."""
+    if not name or os.sep in name or name.startswith("."):
+        raise ValueError(f"cache name must be a plain file name, got {name!r}")
+    base = os.path.join(os.fspath(cache_dir), name + FILE_SUFFIX)
+    return base, base + ".partial-", base + ".lock"
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> str:
+    if isinstance(dtype, torch.dtype):
+        names = {torch_dtype: name for name, torch_dtype in STORAGE_DTYPES.items()}
+        if dtype in names:
+            return names[dtype]
+    elif dtype in STORAGE_DTYPES:
+        return dtype
+    raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+
+
+class FeatureCache:
+    """Rows of cached features in one tier. Create with :meth:`create`, :meth:`open` or
+    :meth:`open_or_build`; do not call the constructor directly."""
+
+    def __init__(self, header: CacheHeader, storage: torch.Tensor, tier: str, *, committed: bool,
+                 disk: "_DiskFile | None" = None):
+        self._header = header
+        self._storage = storage  # [num_samples * views, row_elems] in the storage dtype
+        self._scale = None if header.scale is None else header.scale.to(storage.device)
+        self._tier = tier
+        self._committed = committed
+        self._disk = disk
+        self._closed = False
+        # which rows a build has written (1 byte per row, freed at commit), so that commit can
+        # refuse a cache with holes instead of serving zeros as features
+        self._written = None if committed else torch.zeros(storage.shape[0], dtype=torch.bool,
+                                                           device=storage.device)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        num_samples: int,
+        feature_shape: Sequence[int],
+        fingerprint: str,
+        views: int = 1,
+        dtype: str | torch.dtype = "fp16",
+        tier: str = "auto",
+        cache_dir: str | os.PathLike | None = None,
+        budget_bytes: int | None = None,
+        name: str = "features",
+        scale: torch.Tensor | None = None,
+        lock_timeout: float | None = None,
+    ) -> FeatureCache:
+        """Allocate an empty cache to be filled with :meth:`write` and sealed with :meth:`commit`.
+
+        Args:
+            num_samples: rows per view (samples in the split).
+            feature_shape: one sample's feature shape, e.g. ``(C, H, W)`` or ``(F,)``; its first
+                dimension is the channel dimension int8 scales are kept per.
+            fingerprint: the digest from :func:`~phasenets.cache.fingerprint.cache_fingerprint`;
+                a disk file is reused only by a caller presenting the same one.
+            views: augmented views kept per sample.
+            dtype: storage dtype, ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"int8"``.
+            tier: ``"auto"``, ``"cuda"``, ``"host"`` or ``"disk"`` (see :func:`choose_tier`).
+            cache_dir: directory of the disk tier's file (required for ``"disk"``).
+            budget_bytes: the most ``auto`` may put in device or host memory.
+            name: the file's base name, unique per cache within ``cache_dir``.
+            scale: int8 only: the per-channel dequantization scale (``[C]`` float32, e.g. from
+                ``ops.compute_int8_scale`` over a calibration sample). Without it, the first
+                :meth:`write` fixes the scale from its own batch; later values beyond
+                ``127 * scale`` saturate, so a representative first batch (or a scale) matters.
+            lock_timeout: seconds a disk build waits for another builder of the same file
+                (``None``: as long as it takes).
+        """
+        dtype = _resolve_dtype(dtype)
+        feature_shape = tuple(int(size) for size in feature_shape)
+        if num_samples < 1 or views < 1:
+            raise ValueError(f"need num_samples >= 1 and views >= 1, got {num_samples} and {views}")
+        if scale is not None and dtype != "int8":
+            raise ValueError(f"scale is only for int8 storage, not {dtype}")
+        header = CacheHeader(fingerprint, num_samples, views, feature_shape, dtype, payload_crc32=0,
+                             scale=None if scale is None else scale.detach().to("cpu", torch.float32))
+        if header.scale is not None:
+            encode_header(header)  # validates the scale's shape and values now, not at commit
+        tier = choose_tier(cls._nbytes_of(header), tier, budget_bytes=budget_bytes, cache_dir=cache_dir)
+        if tier == "disk":
+            lock = _BuildLock(_file_paths(cache_dir, name)[2], lock_timeout)
+            return cls._create_on_disk(header, cache_dir, name, lock)
+        return cls(header, cls._allocate_in_memory(header, tier), tier, committed=False)
+
+    @classmethod
+    def open(
+        cls,
+        cache_dir: str | os.PathLike,
+        fingerprint: str,
+        name: str = "features",
+        *,
+        tier: str = "disk",
+        verify: bool = True,
+    ) -> FeatureCache | None:
+        """Open the committed cache file ``<cache_dir>/<name>.pncache``, read-only.
+
+        Returns None when there is no committed file or it was built for another fingerprint
+        (stale: the caller rebuilds). Raises :class:`~phasenets.cache.fileformat.CacheFormatError`
+        when the file exists but is torn, corrupt, foreign or of another format version.
+
+        Args:
+            tier: ``"disk"`` maps the file (pages load on first touch); ``"host"`` or ``"cuda"``
+                copies it into memory.
+            verify: recompute the payload checksum (one sequential read of the file, about
+                4 GB/s) before trusting it; the header is always checked.
+        """
+        if tier not in TIERS:
+            raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
+        path = _file_paths(cache_dir, name)[0]
+        try:
+            file = open(path, "rb")
+        except FileNotFoundError:
+            return None
+        with file:  # header and payload come from this one open file, even if it is replaced meanwhile
+            header = read_header(file)
+            if header.fingerprint != fingerprint:
+                return None
+            mapped = np.memmap(file, dtype=np.uint8, mode="c", offset=header.payload_offset,
+                               shape=(header.payload_nbytes,))
+        storage = cls._view_rows(torch.from_numpy(mapped), header)
+        if verify and payload_crc32(storage) != header.payload_crc32:
+            raise CacheFormatError(f"{path}: payload checksum mismatch: the file is corrupt; delete it to rebuild")
+        return cls(header, storage, "disk", committed=True)._moved_to(tier)
+
+    @classmethod
+    def open_or_build(
+        cls,
+        build: Callable[[FeatureCache], None],
+        *,
+        cache_dir: str | os.PathLike,
+        fingerprint: str,
+        name: str = "features",
+        tier: str = "disk",
+        lock_timeout: float | None = None,
+        **create_options,
+    ) -> FeatureCache:
+        """Open the committed cache for ``fingerprint``, or build it on disk exactly once.
+
+        ``build(cache)`` must :meth:`write` every (index, view) row; this method commits it.
+        When several processes call this at once, one builds and the others wait for its lock,
+        then open the file it committed. A stale file (other fingerprint) is rebuilt; a torn or
+        corrupt one is reported with a warning and rebuilt. ``create_options`` are those of
+        :meth:`create` (``num_samples``, ``feature_shape``, ``views``, ``dtype``, ``scale``).
+        ``tier`` is where the returned cache lives (the file is always on disk).
+        """
+        reopened = cls._open_or_warn(cache_dir, fingerprint, name, tier)
+        if reopened is not None:
+            return reopened
+        committed_path, _, lock_path = _file_paths(cache_dir, name)
+        os.makedirs(cache_dir, exist_ok=True)
+        lock = _BuildLock(lock_path, lock_timeout)
+        try:
+            # another process may have built it while this one waited for the lock
+            reopened = cls._open_or_warn(cache_dir, fingerprint, name, tier)
+            if reopened is not None:
+                lock.release()
+                return reopened
+            header = cls._header_from_options(fingerprint, create_options)
+            choose_tier(cls._nbytes_of(header), "disk", cache_dir=cache_dir)
+            cache = cls._create_on_disk(header, cache_dir, name, lock)
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            build(cache)
+            cache.commit()
+        except BaseException:
+            cache.close()
+            raise
+        return cache._moved_to(tier)
+
+    def _moved_to(self, tier: str) -> FeatureCache:
+        """This committed cache in ``tier``: itself for ``disk``, else an in-memory copy (and
+        this one is closed)."""
+        if tier == "disk":
+            return self
+        try:
+            choose_tier(self.nbytes, tier)  # a clear error if it does not fit
+            memory = self._allocate_in_memory(self._header, tier, zero=False)
+            memory.copy_(self._storage)
+        finally:
+            self.close()
+        return FeatureCache(self._header, memory, tier, committed=True)
+
+    @classmethod
+    def _open_or_warn(cls, cache_dir, fingerprint, name, tier) -> FeatureCache | None:
+        try:
+            return cls.open(cache_dir, fingerprint, name, tier=tier)
+        except CacheFormatError as error:
+            warnings.warn(f"rebuilding the feature cache: {error}", RuntimeWarning, stacklevel=3)
+            return None
+
+    @staticmethod
+    def _header_from_options(fingerprint: str, options: dict) -> CacheHeader:
+        unknown = set(options) - {"num_samples", "feature_shape", "views", "dtype", "scale"}
+        if unknown:
+            raise TypeError(f"open_or_build got unexpected options {sorted(unknown)}")
+        scale = options.get("scale")
+        return CacheHeader(
+            fingerprint=fingerprint,
+            num_samples=int(options["num_samples"]),
+            views=int(options.get("views", 1)),
+            feature_shape=tuple(int(size) for size in options["feature_shape"]),
+            dtype=_resolve_dtype(options.get("dtype", "fp16")),
+            payload_crc32=0,
+            scale=None if scale is None else scale.detach().to("cpu", torch.float32),
+        )
+
+    @classmethod
+    def _create_on_disk(cls, header: CacheHeader, cache_dir, name: str, lock: _BuildLock) -> FeatureCache:
+        disk = _DiskFile.start(cache_dir, name, header, lock)
+        return cls(header, cls._view_rows(disk.payload, header), "disk", committed=False, disk=disk)
+
+    @staticmethod
+    def _allocate_in_memory(header: CacheHeader, tier: str, zero: bool = True) -> torch.Tensor:
+        shape = (header.num_samples * header.views, header.row_elems)
+        dtype = STORAGE_DTYPES[header.dtype]
+        if tier == "cuda":
+            storage = torch.empty(shape, dtype=dtype, device="cuda")
+        else:
+            storage = torch.empty(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
+        # zeroed so that a row read before it is written is deterministic, never stale memory
+        return storage.zero_() if zero else storage
+
+    @staticmethod
+    def _view_rows(payload_bytes: torch.Tensor, header: CacheHeader) -> torch.Tensor:
+        return payload_bytes.view(STORAGE_DTYPES[header.dtype]).view(header.num_samples * header.views,
+                                                                     header.row_elems)
+
+    @staticmethod
+    def _nbytes_of(header: CacheHeader) -> int:
+        scale_nbytes = 4 * header.num_channels if header.dtype == "int8" else 0
+        return header.payload_nbytes + scale_nbytes
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def tier(self) -> str:
+        """``"cuda"``, ``"host"`` or ``"disk"``."""
+        return self._tier
+
+    @property
+    def dtype(self) -> str:
+        """The storage dtype name."""
+        return self._header.dtype
+
+    @property
+    def views(self) -> int:
+        return self._header.views
+
+    @property
+    def num_samples(self) -> int:
+        return self._header.num_samples
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return self._header.feature_shape
+
+    @property
+    def fingerprint(self) -> str:
+        return self._header.fingerprint
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of cached data: rows in the storage dtype plus the int8 scale."""
+        return self._nbytes_of(self._header)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the rows live (CUDA for the ``cuda`` tier, else CPU)."""
+        return self._storage.device
+
+    @property
+    def scale(self) -> torch.Tensor | None:
+        """The int8 per-channel scale (None for float storage, or before the first write)."""
+        return self._scale
+
+    @property
+    def committed(self) -> bool:
+        return self._committed
+
+    def __repr__(self) -> str:
+        return (f"FeatureCache(num_samples={self.num_samples}, views={self.views}, "
+                f"feature_shape={self.feature_shape}, dtype={self.dtype!r}, tier={self.tier!r}, "
+                f"nbytes={self.nbytes}, committed={self.committed})")
+
+    # ------------------------------------------------------------------ data
+
+    def write(self, indices: torch.Tensor, features: torch.Tensor, view: int | torch.Tensor = 0) -> None:
+        """Store ``features[i]`` as view ``view`` of sample ``indices[i]``.
+
+        ``features`` is ``[B, *feature_shape]`` in any float dtype, on any device; int8 storage
+        quantizes on the way in (round half to even, saturating at +-127). Each (index, view)
+        may appear once per call.
+        """
+        self._check_open()
+        if self._committed:
+            raise RuntimeError("this cache is committed and read-only; build a new one to change it")
+        if tuple(features.shape[1:]) != self.feature_shape:
+            raise ValueError(f"features must be [B, {', '.join(map(str, self.feature_shape))}], "
+                             f"got {list(features.shape)}")
+        if not features.is_floating_point():
+            raise TypeError(f"features must be floating point, got {features.dtype}")
+        rows = self._row_ids(indices, view, "view")
+        if rows.numel() != features.shape[0]:
+            raise ValueError(f"got {rows.numel()} indices for {features.shape[0]} feature rows")
+        flat = features.detach().reshape(features.shape[0], -1).to(self.device)
+        if flat.dtype not in WRITABLE_DTYPES:
+            flat = flat.float()
+        flat = flat.contiguous()
+        if self.dtype == "int8" and self._scale is None:
+            self._scale = ops.compute_int8_scale(flat.float(), self.feature_shape[0]).to(self.device)
+            self._header = dataclasses.replace(self._header, scale=self._scale.cpu())
+        ops.scatter_rows(self._storage, rows, flat, self._scale)
+        self._written[rows] = True
+
+    def read(
+        self,
+        indices: torch.Tensor,
+        views: int | torch.Tensor | None = None,
+        out_dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Gather the features of ``indices`` into a new ``[B, *feature_shape]`` tensor.
+
+        ``views``: None reads view 0; an int reads that view for every row; a tensor gives each
+        row's view. The result is dequantized to ``out_dtype`` and placed on ``device``
+        (default: where the cache lives, CPU for the host and disk tiers).
+        """
+        self._check_open()
+        rows = self._row_ids(indices, 0 if views is None else views, "views")
+        batch = ops.gather_rows(self._storage, rows, self._scale, out_dtype)
+        batch = batch.view(rows.numel(), *self.feature_shape)
+        return batch if device is None else batch.to(device, non_blocking=True)
+
+    def batches(
+        self,
+        order: torch.Tensor,
+        batch_size: int,
+        views: int | torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+        prefetch: int = 2,
+        drop_last: bool = False,
+        out_dtype: torch.dtype = torch.float32,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(features, indices)`` batches over ``order``, gathered ahead of use.
+
+        Args:
+            order: the epoch's sample indices in visiting order (int64 ``[M]``).
+            batch_size: rows per batch; the last batch may be short unless ``drop_last``.
+            views: None (view 0), an int, or an int64 ``[M]`` tensor with the view of ``order[i]``.
+            device: where the batches go (default: where the cache lives).
+            prefetch: batches gathered ahead on background threads (0: gather on demand).
+        """
+        self._check_open()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        order = torch.as_tensor(order, dtype=torch.int64).reshape(-1).cpu()
+        rows = self._row_ids(order, 0 if views is None else views, "views")  # on the storage's device
+        stop = (rows.numel() // batch_size) * batch_size if drop_last else rows.numel()
+        starts = range(0, stop, batch_size)
+        row_batches = [rows[start:start + batch_size] for start in starts]
+        index_batches = [order[start:start + batch_size] for start in starts]
+        target = torch.device(device) if device is not None else self.device
+        if prefetch > 0 and self._tier != "cuda":
+            gathered = self._prefetched(row_batches, out_dtype, target, prefetch)
+        else:  # a device-resident table is gathered in place: nothing to overlap
+            gathered = (ops.gather_rows(self._storage, row_ids, self._scale, out_dtype).to(target)
+                        for row_ids in row_batches)
+        for features, indices in zip(gathered, index_batches):
+            yield features.view(indices.numel(), *self.feature_shape), indices.to(target)
+
+    def _prefetched(self, row_batches: list[torch.Tensor], out_dtype: torch.dtype, target: torch.device,
+                    depth: int) -> Iterator[torch.Tensor]:
+        # closed also when the consumer stops early: the workers must not outlive the epoch
+        with ops.Prefetcher(self._storage, row_batches, self._scale, out_dtype, depth=depth,
+                            num_workers=PREFETCH_WORKERS, device=target) as prefetcher:
+            yield from prefetcher
+
+    def _row_ids(self, indices: torch.Tensor, views: int | torch.Tensor, argument: str) -> torch.Tensor:
+        indices = torch.as_tensor(indices)
+        if indices.dtype not in (torch.int64, torch.int32) or indices.dim() != 1:
+            raise TypeError(f"indices must be a 1-D int64 tensor, got {indices.dtype} of shape {list(indices.shape)}")
+        indices = indices.to(self.device, torch.int64)
+        _check_range(indices, self.num_samples, "indices", "num_samples")
+        views = torch.as_tensor(views, device=self.device)
+        if views.dtype not in (torch.int64, torch.int32) or views.dim() > 1 or (
+                views.dim() == 1 and views.numel() != indices.numel()):
+            raise TypeError(f"{argument} must be an int or a 1-D integer tensor with one view per index")
+        _check_range(views, self.views, argument, "views")
+        return indices * self.views + views.to(torch.int64)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this FeatureCache is closed")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def commit(self) -> None:
+        """Seal the cache: it becomes read-only. On disk: checksum the payload, write the header,
+        fsync, rename the file to its final name and release the build lock.
+
+        An int8 cache needs its scale (at least one :meth:`write`, or ``scale=`` at creation).
+        """
+        self._check_open()
+        if self._committed:
+            return
+        if self.dtype == "int8" and self._scale is None:
+            raise RuntimeError("an int8 cache cannot be committed before its scale is set by a write")
+        missing = (~self._written).nonzero().flatten()
+        if missing.numel():
+            first = int(missing[0])
+            raise RuntimeError(
+                f"{missing.numel()} of {self._written.numel()} rows were never written (the first is "
+                f"index {first // self.views}, view {first % self.views}); write every view of every sample"
+            )
+        self._written = None
+        if self._disk is not None:
+            self._header = self._disk.commit(self._header, self._storage)
+        self._committed = True
+
+    def close(self) -> None:
+        """Release the storage and the build lock. An uncommitted disk build is deleted."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._disk is not None:
+            self._disk.close(discard=not self._committed)
+        self._storage = None
+        self._scale = None
+        self._written = None
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _check_range(values: torch.Tensor, limit: int, argument: str, bound_name: str) -> None:
+    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= limit):
+        raise IndexError(f"{argument} must be in [0, {bound_name}={limit}), got values in "
+                         f"[{int(values.min())}, {int(values.max())}]")
+
+
+class _DiskFile:
+    """The partial file of a disk build, its memory map and its build lock."""
+
+    def __init__(self, partial_path: str, final_path: str, file, mapped: np.memmap, lock: _BuildLock):
+        self.partial_path = partial_path
+        self.final_path = final_path
+        self._file = file
+        self._mapped = mapped
+        self._lock = lock
+        self.payload = torch.from_numpy(mapped)
+
+    @classmethod
+    def start(cls, cache_dir, name: str, header: CacheHeader, lock: _BuildLock) -> _DiskFile:
+        final_path, partial_prefix, _ = _file_paths(cache_dir, name)
+        # holding the lock, every partial file of this name belongs to a builder that died
+        for stale in glob.glob(glob.escape(partial_prefix) + "*"):
+            os.unlink(stale)
+        partial_path = f"{partial_prefix}{os.getpid()}"
+        file = open(partial_path, "w+b")
+        try:
+            # the header area stays zeroed (an invalid magic) until commit writes it
+            file.truncate(header.payload_offset + header.payload_nbytes)
+            mapped = np.memmap(file, dtype=np.uint8, mode="r+", offset=header.payload_offset,
+                               shape=(header.payload_nbytes,))
+        except BaseException:
+            file.close()
+            os.unlink(partial_path)
+            lock.release()
+            raise
+        return cls(partial_path, final_path, file, mapped, lock)
+
+    def commit(self, header: CacheHeader, storage: torch.Tensor) -> CacheHeader:
+        self._mapped.flush()  # msync: the payload reaches the file before the header claims it
+        header = dataclasses.replace(header, payload_crc32=payload_crc32(storage))
+        os.pwrite(self._file.fileno(), encode_header(header), 0)
+        os.fsync(self._file.fileno())
+        os.replace(self.partial_path, self.final_path)
+        _fsync_directory(os.path.dirname(self.final_path) or ".")
+        self._file.close()
+        self._lock.release()
+        return header
+
+    def close(self, discard: bool) -> None:
+        self.payload = None
+        self._mapped = None
+        if not self._file.closed:
+            self._file.close()
+        if discard and os.path.exists(self.partial_path):
+            os.unlink(self.partial_path)
+        self._lock.release()
