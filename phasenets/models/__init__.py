@@ -11,6 +11,7 @@ from phasenets.models.blockwise import (
     ModelConfigError,
     build_aux_head,
     infer_output_shape,
+    meta_forward,
 )
 from phasenets.models.registry import ModelConfig, build_model, list_models, model_options, register_model
 
@@ -27,6 +28,7 @@ __all__ = [
     "build_model",
     "infer_output_shape",
     "list_models",
+    "meta_forward",
     "model_options",
     "register_model",
 ]

@@ -45,13 +45,22 @@ def infer_output_shape(module: nn.Module, input_shape: Sequence[int]) -> tuple[i
         raise BlockShapeError(f"input of shape {input_shape} does not fit: {err}") from err
 
 
-def _meta_output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+def meta_forward(module: nn.Module, input_shape: Sequence[int], batch_size: int = _PROBE_BATCH) -> torch.Tensor:
+    """Run ``module`` on a meta batch of ``input_shape`` samples: shapes propagate, nothing is computed.
+
+    The module's own weights are left untouched (meta stand-ins take their place), and its forward
+    hooks fire, which is how `summary` counts multiply-adds.
+    """
     state = {
         name: torch.empty_like(tensor, device="meta")
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]
     }
-    probe = torch.empty((_PROBE_BATCH, *input_shape), device="meta")
-    return tuple(functional_call(module, state, (probe,)).shape[1:])
+    batch = torch.empty((batch_size, *input_shape), device="meta")
+    return functional_call(module, state, (batch,))
+
+
+def _meta_output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(meta_forward(module, input_shape).shape[1:])
 
 
 def _real_output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:

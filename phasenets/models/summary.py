@@ -42,12 +42,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from phasenets.models.blockwise import BlockwiseNet
+from phasenets.models.blockwise import BlockwiseNet, meta_forward
 
 _COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
-_PROBE_BATCH = 2  # batch norm in training mode needs more than one value per channel
 
 
 def summarize(model: BlockwiseNet) -> dict[str, Any]:
@@ -101,11 +99,7 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     hooks = [layer.register_forward_hook(count) for layer in module.modules() if isinstance(layer, _COUNTED)]
     try:
-        state = {
-            name: torch.empty_like(tensor, device="meta")
-            for name, tensor in [*module.named_parameters(), *module.named_buffers()]
-        }
-        functional_call(module, state, (torch.empty((_PROBE_BATCH, *input_shape), device="meta"),))
+        meta_forward(module, input_shape)
     finally:
         for hook in hooks:
             hook.remove()

@@ -114,8 +114,9 @@ def test_unknown_option_lists_the_valid_options():
 def test_too_small_image_names_the_minimum(name, too_small, minimum):
     with pytest.raises(ModelConfigError, match=f"{name} needs image_size >= {minimum}.*got image_size={too_small}"):
         build_model(name, 10, image_size=too_small)
-    with torch.device("meta"):
-        build_model(name, 10, image_size=minimum)
+    if name != "inception_v4":  # its minimum is built for real in the forward cases
+        with torch.device("meta"):
+            build_model(name, 10, image_size=minimum)
 
 
 @pytest.mark.parametrize(
