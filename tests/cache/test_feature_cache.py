@@ -130,6 +130,17 @@ def test_batches_follow_the_order_and_views(tmp_path, tier, prefetch):
     assert [len(indices) for _, indices in dropped] == [10, 10, 10]
 
 
+@cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_batches_are_delivered_to_the_gpu(tmp_path, tier):
+    cache, _ = build(tmp_path, tier, "int8")
+    batches = list(cache.batches(torch.arange(N), batch_size=8, device="cuda"))
+    for batch, indices in batches:
+        assert batch.is_cuda and indices.is_cuda
+        assert torch.equal(batch.cpu(), cache.read(indices.cpu()))
+
+
 def test_stopping_an_epoch_early_releases_the_prefetcher(tmp_path):
     cache, features = build(tmp_path, "host", "fp32")
     for _ in range(3):
