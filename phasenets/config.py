@@ -297,6 +297,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             return [float(item) for item in items if str(item).strip() != ""]
         if base is dict:
             return _parse_assignments(value)
+    except ConfigError as error:
+        raise ConfigError(f"{name}: {error}") from None
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from error
     raise TypeError(f"unsupported option type {kind} for {name}")  # a new field needs a rule above
