@@ -24,6 +24,7 @@ _images_per_second = {}
 
 def _check_batch(loader, samples):
     images, labels, indices = next(iter(loader))
+    images = images.cpu()
     assert images.shape == (64, 3, 224, 224) and images.dtype == torch.float32
     assert torch.isfinite(images).all() and images.abs().max() <= 2.0 + 1e-5  # (0..1 - 0.5) / 0.25
     assert labels.tolist() == [samples[i].label for i in indices]

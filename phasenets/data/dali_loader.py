@@ -127,6 +127,8 @@ def _has_color(augment: AugmentConfig) -> bool:
 
 @dataclass(frozen=True)
 class Header:
+    """What the feed needs from a file's header."""
+
     width: int
     height: int
     format: str  # PIL's name: "JPEG", "PNG", "BMP"
@@ -253,14 +255,14 @@ class DaliLoader:
 
     Build it with :func:`build_dali_loader`. Images are float32 ``[B, C, H, W]``, normalized, on
     the current CUDA device when one is available (GPU decode and operators) and on the CPU
-    otherwise; labels and indices are int64 on the CPU.
+    otherwise; labels and indices are int64 on the CPU. One epoch is iterated at a time.
     """
 
     def __init__(self, samples: list[Sample], *, image_size: int, in_channels: int,
                  augment: AugmentConfig | None, normalization: Normalization, batch_size: int,
                  shuffle: bool, seed: int, num_workers: int, drop_last: bool, rank: int,
                  world_size: int):
-        _check_arguments(samples, in_channels, normalization, num_workers)
+        _check_arguments(samples, in_channels, num_workers)
         self._paths = [sample.path for sample in samples]
         self._labels = torch.tensor([sample.label for sample in samples], dtype=torch.int64)
         self._image_size, self._in_channels = image_size, in_channels
@@ -383,7 +385,7 @@ class DaliLoader:
         self._pipe = None
         suspects = [index for batch in self._in_flight for index, _ in batch]
         culprits = [index for index in suspects
-                    if not self._probe.decodes(read_encoded(self._paths[index])[0])]
+                    if not self._probe.decodes(np.fromfile(self._paths[index], dtype=np.uint8))]
         if not culprits:
             raise error
         for index in culprits:
@@ -405,7 +407,7 @@ class DaliLoader:
         return out
 
 
-def _check_arguments(samples, in_channels, normalization, num_workers) -> None:
+def _check_arguments(samples, in_channels, num_workers) -> None:
     # image_size, batch_size, rank and world_size are checked by ImageTransform and the sampler.
     if not samples:
         raise ValueError("cannot build a loader over an empty sample list")

@@ -41,8 +41,8 @@ def _loader(build, samples, **options):
 
 
 def _by_index(loader):
-    """{index: image} over one epoch."""
-    return {int(i): image for images, _, indices in loader for i, image in zip(indices, images)}
+    """{index: image} over one epoch (on the CPU: where CUDA exists, DALI's batches are on the GPU)."""
+    return {int(i): image for images, _, indices in loader for i, image in zip(indices, images.cpu())}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,7 @@ def test_batches_carry_the_labels_and_indices_of_their_images(flat):
     loader.set_epoch(1)
     seen = []
     for images, labels, indices in loader:
+        images = images.cpu()
         assert images.dtype == torch.float32 and images.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
         assert labels.dtype == torch.int64 and indices.dtype == torch.int64
         assert labels.tolist() == [flat[i].label for i in indices]
