@@ -2,8 +2,11 @@
 
 ``build_model(name, num_classes, ...)`` returns a `BlockwiseNet`; ``list_models()`` names what
 is registered; ``register_model(name, ConfigClass)`` adds an architecture. Importing this package
-registers every architecture below.
+registers every architecture.
 """
+
+# Imported for their registrations.
+from phasenets.models import alexnet, inception_v4, lenet, resnet, resnet_cifar, shathenet, vgg  # noqa: F401
 from phasenets.models.blockwise import (
     HEAD_KINDS,
     BlockShapeError,
@@ -14,9 +17,6 @@ from phasenets.models.blockwise import (
     meta_forward,
 )
 from phasenets.models.registry import ModelConfig, build_model, list_models, model_options, register_model
-
-# Imported for their registrations.
-from phasenets.models import alexnet, inception_v4, lenet, resnet, resnet_cifar, shathenet, vgg  # noqa: E402,F401,I001
 
 __all__ = [
     "HEAD_KINDS",

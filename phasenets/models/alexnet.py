@@ -14,6 +14,7 @@ Small images: pooling uses ceil mode, which leaves 227 and 224 px unchanged but 
 alive instead of failing, and the first FC layer's width is inferred from the actual conv5 map
 (256 x 6 x 6 at 227 px, 256 x 1 x 1 at 64 px).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -90,7 +91,9 @@ class AlexNetBNConfig(ModelConfig):
         _check_dropout("alexnet_bn", self.dropout)
 
 
-def _conv_relu_pool_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, pool: bool = True):
+def _conv_relu_pool_bn(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, pool: bool = True
+) -> list[nn.Module]:
     layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride), nn.ReLU(inplace=True)]
     if pool:
         layers.append(nn.MaxPool2d(2))

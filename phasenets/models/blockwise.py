@@ -5,6 +5,7 @@ auxiliary classifier ``heads[k-1]`` on its output; the last block ends in the ne
 classifier, so the last phase needs no auxiliary head. Shapes are inferred once, at construction,
 with meta tensors: no real computation and no memory for activations.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -45,7 +46,9 @@ def infer_output_shape(module: nn.Module, input_shape: Sequence[int]) -> tuple[i
         raise BlockShapeError(f"input of shape {input_shape} does not fit: {err}") from err
 
 
-def meta_forward(module: nn.Module, input_shape: Sequence[int], batch_size: int = _PROBE_BATCH) -> torch.Tensor:
+def meta_forward(
+    module: nn.Module, input_shape: Sequence[int], batch_size: int = _PROBE_BATCH
+) -> torch.Tensor:
     """Run ``module`` on a meta batch of ``input_shape`` samples: shapes propagate, nothing is computed.
 
     The module's own weights are left untouched (meta stand-ins take their place), and its forward

@@ -8,6 +8,7 @@ of the TF-slim and Keras ports: 42,679,816 parameters at 299 px with 1000 classe
 figure is 42.68M). Unpadded ("V" in the paper's figures) convolutions and poolings follow the
 paper, so images must be at least 75 px; the final pooling is global, so any larger size works.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ from phasenets.models.registry import ModelConfig, register_model
 class ConvBN(nn.Sequential):
     """Convolution without bias, batch norm, ReLU; ``padding="same"`` keeps the map size (stride 1)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride: int = 1, padding="same") -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size, stride: int = 1, padding="same"
+    ) -> None:
         kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         if padding == "same":
             padding = (kernel[0] // 2, kernel[1] // 2)
@@ -61,7 +64,9 @@ def stem(in_channels: int) -> nn.Sequential:
         Branches(nn.MaxPool2d(3, stride=2), _valid(64, 96, 3, stride=2)),
         Branches(
             nn.Sequential(ConvBN(160, 64, 1), _valid(64, 96, 3)),
-            nn.Sequential(ConvBN(160, 64, 1), ConvBN(64, 64, (7, 1)), ConvBN(64, 64, (1, 7)), _valid(64, 96, 3)),
+            nn.Sequential(
+                ConvBN(160, 64, 1), ConvBN(64, 64, (7, 1)), ConvBN(64, 64, (1, 7)), _valid(64, 96, 3)
+            ),
         ),
         Branches(_valid(192, 192, 3, stride=2), nn.MaxPool2d(3, stride=2)),
     )
@@ -108,7 +113,10 @@ def reduction_b() -> Branches:
         nn.MaxPool2d(3, stride=2),
         nn.Sequential(ConvBN(1024, 192, 1), _valid(192, 192, 3, stride=2)),
         nn.Sequential(
-            ConvBN(1024, 256, 1), ConvBN(256, 256, (1, 7)), ConvBN(256, 320, (7, 1)), _valid(320, 320, 3, stride=2)
+            ConvBN(1024, 256, 1),
+            ConvBN(256, 256, (1, 7)),
+            ConvBN(256, 320, (7, 1)),
+            _valid(320, 320, 3, stride=2),
         ),
     )
 
@@ -147,7 +155,10 @@ def inception_v4(config: InceptionV4Config, head: str = "linear") -> BlockwiseNe
         nn.Sequential(*[inception_b() for _ in range(7)], reduction_b()),
         nn.Sequential(*[inception_c() for _ in range(3)]),
         nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(1536, config.num_classes)
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(config.dropout),
+            nn.Linear(1536, config.num_classes),
         ),
     ]
     return BlockwiseNet(blocks, config.num_classes, config.input_shape, head, "inception_v4", config)

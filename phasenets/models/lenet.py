@@ -11,6 +11,7 @@ Choices, all as in the seed's Keras code rather than the 1998 paper:
   the paper's 5x5 convolution, and it lets other sizes (28 px MNIST) work;
 - the output layer is a Linear layer, not the paper's radial basis functions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

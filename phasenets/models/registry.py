@@ -1,4 +1,5 @@
 """The model registry: architecture name -> (config dataclass, builder)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,11 @@ class ModelConfig:
     image_size: int = 224
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+        if (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 1
+        ):
             raise ModelConfigError(f"num_classes must be a positive integer; got {self.num_classes!r}")
         if self.in_channels not in (1, 3):
             raise ModelConfigError(f"in_channels must be 1 or 3; got {self.in_channels!r}")
@@ -111,9 +116,7 @@ def _lookup(name: str) -> _Entry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ModelConfigError(
-            f"unknown model {name!r}; valid models: {', '.join(list_models())}"
-        ) from None
+        raise ModelConfigError(f"unknown model {name!r}; valid models: {', '.join(list_models())}") from None
 
 
 def _make_config(

@@ -9,6 +9,7 @@ torchvision key (``blocks.0.conv1.weight``, ``blocks.2.layer2.0.downsample.1.bia
 ``blocks.4.fc.weight``), so a torchvision state dict maps over by adding that prefix.
 Global average pooling makes every image size work.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -103,7 +104,9 @@ def _resnet(name: str, unit, counts: tuple[int, int, int, int], config: ResNetCo
     layers, in_channels = [], 64
     for index, (width, count) in enumerate(zip((64, 128, 256, 512), counts), start=1):
         stride = 1 if index == 1 else 2
-        layers.append(nn.Sequential(OrderedDict({f"layer{index}": _layer(unit, in_channels, width, count, stride)})))
+        layers.append(
+            nn.Sequential(OrderedDict({f"layer{index}": _layer(unit, in_channels, width, count, stride)}))
+        )
         in_channels = width * unit.expansion
     layers[-1].add_module("avgpool", nn.AdaptiveAvgPool2d(1))
     layers[-1].add_module("flatten", nn.Flatten())

@@ -14,6 +14,7 @@ Convolutions keep their biases, like the seed's Keras layers. The seed averages 
 (the whole 32 px map); global average pooling is the same there and works at any size.
 Counts with 10 classes at 32 px: v1 depth 20 has 273,066 parameters; v2 depth 56 has 1,663,338.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,11 @@ class ResNetCifarConfig(ModelConfig):
         layers_per_unit, rule, examples = _DEPTH_RULE[self.version]
         if self.depth is None:
             self.depth = 3 * layers_per_unit + 2
-        if not isinstance(self.depth, int) or self.depth < layers_per_unit + 2 or (self.depth - 2) % layers_per_unit:
+        if (
+            not isinstance(self.depth, int)
+            or self.depth < layers_per_unit + 2
+            or (self.depth - 2) % layers_per_unit
+        ):
             raise ModelConfigError(
                 f"resnet_cifar version {self.version} needs depth = {rule} with n >= 1 "
                 f"(e.g. {', '.join(map(str, examples))}); got {self.depth!r}"
@@ -73,13 +78,21 @@ class BasicUnit(nn.Module):
 class PreActBottleneck(nn.Module):
     """Version 2 residual unit: (BN-ReLU-conv) 1x1, 3x3, 1x1, added to the shortcut."""
 
-    def __init__(self, in_channels: int, width: int, out_channels: int, stride: int, preactivate: bool) -> None:
+    def __init__(
+        self, in_channels: int, width: int, out_channels: int, stride: int, preactivate: bool
+    ) -> None:
         super().__init__()
         # The first unit after the stem skips its BN-ReLU: the stem ends with one.
-        self.preact = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True)) if preactivate else nn.Identity()
+        self.preact = (
+            nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True))
+            if preactivate
+            else nn.Identity()
+        )
         self.conv1 = nn.Conv2d(in_channels, width, 1, stride=stride)
-        self.bn2, self.conv2 = nn.BatchNorm2d(width), nn.Conv2d(width, width, 3, padding=1)
-        self.bn3, self.conv3 = nn.BatchNorm2d(width), nn.Conv2d(width, out_channels, 1)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1)
         self.relu = nn.ReLU(inplace=True)
         projects = stride != 1 or in_channels != out_channels
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride) if projects else nn.Identity()
@@ -116,7 +129,9 @@ def _v2_stages(units: int) -> tuple[list[nn.Sequential], int]:
 
 @register_model("resnet_cifar", ResNetCifarConfig)
 def resnet_cifar(config: ResNetCifarConfig, head: str = "linear") -> BlockwiseNet:
-    stem = nn.Sequential(nn.Conv2d(config.in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+    stem = nn.Sequential(
+        nn.Conv2d(config.in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
+    )
     make_stages = _v1_stages if config.version == 1 else _v2_stages
     stages, channels = make_stages(config.units_per_stage)
     final_activation = [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)] if config.version == 2 else []

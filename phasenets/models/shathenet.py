@@ -15,6 +15,7 @@ and the classifier. The variants try the seed's "things yet to be tried":
 
 Blocks (all variants): conv1 | conv2 | conv3 + pooling | dense | classifier.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ class ShatheNetConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.variant not in VARIANTS:
-            raise ModelConfigError(f"shathenet variant must be one of {', '.join(VARIANTS)}; got {self.variant!r}")
+            raise ModelConfigError(
+                f"shathenet variant must be one of {', '.join(VARIANTS)}; got {self.variant!r}"
+            )
         if not isinstance(self.hidden, int) or self.hidden < 1:
             raise ModelConfigError(f"shathenet hidden must be a positive integer; got {self.hidden!r}")
 
@@ -60,10 +63,15 @@ class ResidualUnit(nn.Module):
         return self.relu(x + self.bn2(self.conv2(out)))
 
 
-def _conv_stage(in_channels: int, out_channels: int, kernel: int, stride: int, variant: str) -> list[nn.Module]:
+def _conv_stage(
+    in_channels: int, out_channels: int, kernel: int, stride: int, variant: str
+) -> list[nn.Module]:
     # padding kernel // 2 with stride s gives ceil(size / s): Keras' "same" padding.
     if variant == "plain":
-        return [nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2), nn.ReLU(inplace=True)]
+        return [
+            nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2),
+            nn.ReLU(inplace=True),
+        ]
     layers = [
         nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, bias=False),
         nn.BatchNorm2d(out_channels),

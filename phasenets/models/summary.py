@@ -35,6 +35,7 @@ a convolution costs ``output elements x in_channels / groups x kernel area``, a 
 scale and shift). Pooling, activations, local response normalization, additions and
 concatenations are not counted: they hold no weights and cost little next to the layers that do.
 """
+
 from __future__ import annotations
 
 import math

@@ -8,6 +8,7 @@ Image size: the classifier reads a map of at most 7x7. At 224 px the fifth stage
 average-pooled down to 7x7, and smaller ones (1x1 at 32 px, 2x2 at 64 px) are used as they are,
 so small images get a proportionally small first FC layer instead of a replicated 7x7 map.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

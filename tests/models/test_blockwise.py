@@ -1,4 +1,5 @@
 """BlockwiseNet: auxiliary heads, phase forwards, freezing helpers and from_modules."""
+
 from __future__ import annotations
 
 import pytest
@@ -81,7 +82,9 @@ def test_unfreeze_restores_training_and_freeze_blocks_freezes_a_prefix():
 
 def test_from_modules_infers_shapes_and_accepts_a_sequential():
     modules = _tiny_modules()
-    model = BlockwiseNet.from_modules(nn.Sequential(*modules), num_classes=4, input_shape=(3, 8, 8), head="mlp")
+    model = BlockwiseNet.from_modules(
+        nn.Sequential(*modules), num_classes=4, input_shape=(3, 8, 8), head="mlp"
+    )
     assert model.name == "custom" and model.num_blocks == 3
     assert model.block_output_shapes == [(8, 4, 4), (16, 4, 4), (4,)]
     assert model.block_input_shape(1) == (3, 8, 8) and model.block_input_shape(3) == (16, 4, 4)
@@ -89,7 +92,9 @@ def test_from_modules_infers_shapes_and_accepts_a_sequential():
 
 
 def test_from_modules_refuses_a_last_block_without_the_classifier():
-    with pytest.raises(ModelConfigError, match=r"last block must end in the classifier.*\(4,\).*\(16, 4, 4\)"):
+    with pytest.raises(
+        ModelConfigError, match=r"last block must end in the classifier.*\(4,\).*\(16, 4, 4\)"
+    ):
         BlockwiseNet.from_modules(_tiny_modules()[:2], num_classes=4, input_shape=(3, 8, 8))
 
 

@@ -1,4 +1,5 @@
 """summarize / format_summary: per-block numbers checked against hand counts."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The model zoo: exact parameter counts, forward shapes at small sizes, size and option errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -112,7 +113,9 @@ def test_unknown_option_lists_the_valid_options():
     [("inception_v4", 74, 75), ("alexnet_bn", 214, 215), ("vgg16", 31, 32), ("lenet5", 15, 16)],
 )
 def test_too_small_image_names_the_minimum(name, too_small, minimum):
-    with pytest.raises(ModelConfigError, match=f"{name} needs image_size >= {minimum}.*got image_size={too_small}"):
+    with pytest.raises(
+        ModelConfigError, match=f"{name} needs image_size >= {minimum}.*got image_size={too_small}"
+    ):
         build_model(name, 10, image_size=too_small)
     if name != "inception_v4":  # its minimum is built for real in the forward cases
         with torch.device("meta"):
