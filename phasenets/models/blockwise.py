@@ -37,7 +37,7 @@ def infer_output_shape(module: nn.Module, input_shape: Sequence[int]) -> tuple[i
     """
     input_shape = tuple(int(size) for size in input_shape)
     try:
-        return _meta_output_shape(module, input_shape)
+        return tuple(meta_forward(module, input_shape).shape[1:])
     except Exception:  # no meta kernel, or a genuine shape error: the real run below tells which
         pass
     try:
@@ -62,20 +62,17 @@ def meta_forward(
     return functional_call(module, state, (batch,))
 
 
-def _meta_output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(meta_forward(module, input_shape).shape[1:])
-
-
 def _real_output_shape(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     tensor = next(iter([*module.parameters(), *module.buffers()]), None)
     device = tensor.device if tensor is not None else None
-    was_training = module.training
+    modes = {submodule: submodule.training for submodule in module.modules()}
     module.eval()  # keeps batch-norm running statistics untouched by the probe
     try:
         with torch.no_grad():
             return tuple(module(torch.zeros((_PROBE_BATCH, *input_shape), device=device)).shape[1:])
     finally:
-        module.train(was_training)
+        for submodule, training in modes.items():
+            submodule.training = training
 
 
 def build_aux_head(kind: str, feature_shape: Sequence[int], num_classes: int) -> nn.Sequential:

@@ -122,3 +122,4 @@ def test_blocks_without_meta_kernels_are_probed_with_a_real_forward():
 
     model = BlockwiseNet.from_modules([nn.Conv2d(1, 1, 1), HostOnly()], num_classes=2, input_shape=(1, 2, 2))
     assert model.block_output_shapes == [(1, 2, 2), (2,)]
+    assert model.blocks[1].training  # the probe ran in eval mode and put the mode back
