@@ -282,6 +282,7 @@ class DaliLoader:
         self._headers: dict[int, Header] = {}  # parsed once per file: the feed runs every epoch
         self._probe = _Probe(in_channels)
         self._pipe = None
+        self._active = None  # the epoch being iterated, if any
         # Per-epoch feed state, read by the external_source callback.
         self._pending: collections.deque[list[tuple[int, int]]] = collections.deque()
         self._in_flight: collections.deque[list[tuple[int, int]]] = collections.deque()
@@ -313,9 +314,12 @@ class DaliLoader:
         return len(self._sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if self._active is not None:
+            self._active.close()  # an unfinished earlier epoch: drop its prefetched batches
         self._pending = collections.deque(self._sampler)  # batches of (index, view)
         self._in_flight.clear()
-        return self._run()
+        self._active = self._run()
+        return self._active
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -340,6 +344,7 @@ class DaliLoader:
                 self._pipe.reset()  # ready for the next epoch
             else:
                 self._pipe = None  # abandoned or failed mid-epoch: prefetched batches are stale
+            self._active = None
 
     def _new_pipeline(self):
         return _build_pipeline(

@@ -70,19 +70,25 @@ def flat(tmp_path_factory):
     return samples
 
 
+def _assert_images_show_their_indices(loader, samples):
+    """One epoch over ``flat``-style samples: each image has its index's gray level and its label; returns
+    the indices in the order they came."""
+    seen = []
+    for images, labels, indices in loader:
+        assert images.dtype == torch.float32 and images.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
+        assert labels.dtype == torch.int64 and indices.dtype == torch.int64
+        assert labels.tolist() == [samples[i].label for i in indices]
+        levels = images.cpu().mean(dim=(1, 2, 3)) * 255
+        torch.testing.assert_close(levels, 10 + 20 * indices.float(), atol=0.5, rtol=0)
+        seen += indices.tolist()
+    assert sorted(seen) == list(range(len(samples)))
+    return seen
+
+
 def test_batches_carry_the_labels_and_indices_of_their_images(flat):
     loader = _loader(build_dali_loader, flat, shuffle=True, batch_size=4)
     loader.set_epoch(1)
-    seen = []
-    for images, labels, indices in loader:
-        images = images.cpu()
-        assert images.dtype == torch.float32 and images.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
-        assert labels.dtype == torch.int64 and indices.dtype == torch.int64
-        assert labels.tolist() == [flat[i].label for i in indices]
-        levels = images.mean(dim=(1, 2, 3)) * 255
-        torch.testing.assert_close(levels, 10 + 20 * indices.float(), atol=0.5, rtol=0)
-        seen += indices.tolist()
-    assert sorted(seen) == list(range(len(flat)))
+    seen = _assert_images_show_their_indices(loader, flat)
     assert seen != sorted(seen), "shuffle=True should not give the file order"
     assert len(loader) == 3 and loader.num_samples == len(flat)
 
@@ -157,9 +163,11 @@ def test_shards_are_disjoint_cover_the_split_and_take_equal_steps(flat, drop_las
 
 def test_an_abandoned_epoch_does_not_leak_into_the_next(flat):
     loader = _loader(build_dali_loader, flat, batch_size=2)
-    next(iter(loader))  # leaves prefetched batches behind
-    assert [indices.tolist() for _, _, indices in loader][0] == [0, 1]
-    assert len([batch for batch in loader]) == len(loader) == 6
+    unfinished = iter(loader)
+    next(unfinished)  # leaves prefetched batches behind, and stays referenced
+    _assert_images_show_their_indices(loader, flat)
+    next(iter(loader))  # dropped at once
+    _assert_images_show_their_indices(loader, flat)
 
 
 def test_bad_files_are_replaced_without_stopping_the_epoch(flat, tmp_path):
