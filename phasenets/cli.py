@@ -86,7 +86,7 @@ def _add_demo(commands) -> argparse.ArgumentParser:
     parser.add_argument("--output", default="runs/demo", help="the runs go to OUTPUT/phasewise and OUTPUT/standard")
     parser.add_argument("--max-epochs", type=int, default=15, help="epochs per phase")
     parser.add_argument("--patience", type=int, default=4)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=1)
     return parser
 
 

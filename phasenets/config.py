@@ -129,6 +129,9 @@ class TrainConfig:
     deterministic: bool = _option(False, "deterministic algorithms only: reruns and resumed runs give identical weights")
     amp: str = _option("off", "mixed precision: autocast dtype; fp16 also uses a GradScaler", choices=AMP_MODES)
     device: str = _option("auto", "where to train (auto: cuda when available)", choices=DEVICES)
+    num_threads: int | None = _option(
+        None, "CPU threads of each training process (default: torch's; 1 suits small models on few cores)"
+    )
     num_gpus: int = _option(1, "GPUs to train on (more than one: start the run under torchrun)")
     use_test: bool = _option(False, "evaluate the test split after each phase")
     output: str | None = _option(None, "run directory (default: runs/<model>-<schedule>-<timestamp>)")
@@ -159,6 +162,7 @@ class TrainConfig:
         _check(self.max_epochs > 0, f"max_epochs must be positive, got {self.max_epochs}")
         _check(self.start_phase >= 1, f"start_phase must be at least 1, got {self.start_phase}")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be at least 1, got {self.num_threads}")
         _check(self.num_gpus >= 1, f"num_gpus must be at least 1, got {self.num_gpus}")
         for name in ("patience", "finetune_epochs", "weight_decay", "lr_decay", "label_smoothing"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")

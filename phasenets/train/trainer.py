@@ -147,9 +147,13 @@ class PhaseTrainer:
             raise ConfigError(
                 f"num_gpus={cfg.num_gpus}: start the run with torchrun --nproc_per_node {cfg.num_gpus} -m phasenets train ..."
             )
+        threads = torch.get_num_threads()
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         try:
             return self._fit(started)
         finally:
+            torch.set_num_threads(threads)
             self.dist.close()
 
     def _fit(self, started: float) -> TrainResult:
