@@ -61,7 +61,8 @@ class LoadReport:
 
     ``loaded``: filled from the source. ``missing``: in scope, but the source has nothing for them.
     ``unexpected``: source keys with no place in the model (source names). ``mismatched``:
-    ``(model key, source key, model shape, source shape)`` left untouched. ``skipped``: the
+    ``(model key, source key, model shape, source shape)`` left untouched, with the rest of
+    their layer (a bias that fits is not loaded under a weight that does not). ``skipped``: the
     classifier, left untouched on purpose (its number of classes differs).
     """
 
@@ -115,17 +116,25 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            tensors = load_file(str(path))
         except Exception as error:  # safetensors raises its own error type for damaged headers
             raise PretrainedError(f"{path} is not a readable safetensors file: {error}") from error
+        return {_strip_wrapper(key): value for key, value in tensors.items()}
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickled code, torn files and foreign formats all land here
         raise PretrainedError(
-            f"{path} cannot be read with torch.load(weights_only=True) ({error}); save the model's "
-            "state_dict() rather than the whole model, or convert the file to .safetensors"
+            f"{path} cannot be read with torch.load(weights_only=True): save the model's state_dict() "
+            f"rather than the whole model, or convert the file to .safetensors ({_first_error_line(error)})"
         ) from error
     return _unwrap_state_dict(payload, path)
+
+
+def _first_error_line(error: Exception) -> str:
+    """torch.load's weights-only errors run to many lines of advice; keep the line saying what failed."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    culprits = [line for line in lines if "error" in line.lower()]
+    return (culprits or lines or [type(error).__name__])[-1]
 
 
 def _unwrap_state_dict(payload: object, path: Path) -> dict[str, torch.Tensor]:
@@ -445,6 +454,7 @@ def load_pretrained(
             report.loaded.append(key)
         else:
             report.mismatched.append((key, origin, tuple(own[key].shape), tuple(value.shape)))
+    _keep_layers_whole(report, updates, converted)
     report.unexpected = unexpected
     if not report.loaded:
         raise PretrainedError(
@@ -458,6 +468,15 @@ def load_pretrained(
         for key, value in updates.items():
             own[key].copy_(value)
     return report
+
+
+def _keep_layers_whole(report: LoadReport, updates: dict, converted: dict) -> None:
+    """A layer whose weight does not fit keeps its own bias too: half a layer is worse than none."""
+    broken = {key.rpartition(".")[0] for key, *_ in report.mismatched}
+    for key in [key for key in report.loaded if key.rpartition(".")[0] in broken]:
+        value = updates.pop(key)
+        report.loaded.remove(key)
+        report.mismatched.append((key, converted[key][0], tuple(value.shape), tuple(value.shape)))
 
 
 def _keys_in_scope(model: BlockwiseNet, own: Mapping[str, torch.Tensor], blocks, heads: bool) -> list[str]:

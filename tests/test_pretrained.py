@@ -1,0 +1,272 @@
+"""Loading torchvision, timm and phasenets weights into the model zoo.
+
+The state dicts here are written out from torchvision's and timm's own layer names and shapes,
+independently of the mapping under test. Where torchvision or timm are importable, the loaded
+networks are also checked to compute the same function as the originals.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from phasenets.models import build_model
+from phasenets.models.pretrained import (
+    LoadReport,
+    PretrainedError,
+    classifier_keys,
+    detect_source,
+    load_pretrained,
+    read_weights,
+)
+
+VGG16_FEATURES = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def _conv(state, name, out_channels, in_channels, kernel, bias=False):
+    state[f"{name}.weight"] = torch.randn(out_channels, in_channels, kernel, kernel)
+    if bias:
+        state[f"{name}.bias"] = torch.randn(out_channels)
+
+
+def _norm(state, name, channels):
+    state[f"{name}.weight"] = torch.rand(channels) + 0.5
+    state[f"{name}.bias"] = torch.randn(channels)
+    state[f"{name}.running_mean"] = torch.randn(channels)
+    state[f"{name}.running_var"] = torch.rand(channels) + 0.5
+    state[f"{name}.num_batches_tracked"] = torch.tensor(7)
+
+
+def torchvision_resnet18_state(num_classes: int) -> dict[str, torch.Tensor]:
+    """torchvision.models.resnet18().state_dict(), names and shapes, random values."""
+    state: dict[str, torch.Tensor] = {}
+    _conv(state, "conv1", 64, 3, 7)
+    _norm(state, "bn1", 64)
+    in_channels = 64
+    for layer, width in enumerate((64, 128, 256, 512), start=1):
+        for unit in range(2):
+            prefix = f"layer{layer}.{unit}"
+            _conv(state, f"{prefix}.conv1", width, in_channels, 3)
+            _norm(state, f"{prefix}.bn1", width)
+            _conv(state, f"{prefix}.conv2", width, width, 3)
+            _norm(state, f"{prefix}.bn2", width)
+            if unit == 0 and layer > 1:
+                _conv(state, f"{prefix}.downsample.0", width, in_channels, 1)
+                _norm(state, f"{prefix}.downsample.1", width)
+            in_channels = width
+    state["fc.weight"] = torch.randn(num_classes, 512)
+    state["fc.bias"] = torch.randn(num_classes)
+    return state
+
+
+def vgg16_state(source: str, num_classes: int, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """torchvision's or timm's vgg16 state dict (features.N, then classifier.N or pre_logits/head)."""
+    state: dict[str, torch.Tensor] = {}
+    index, in_channels = 0, 3
+    with torch.device(device):
+        for item in VGG16_FEATURES:
+            if item == "M":
+                index += 1
+                continue
+            _conv(state, f"features.{index}", item, in_channels, 3, bias=True)
+            index, in_channels = index + 2, item
+        if source == "torchvision":
+            shapes = {"classifier.0": (4096, 512 * 7 * 7), "classifier.3": (4096, 4096), "classifier.6": (num_classes, 4096)}
+        else:  # timm keeps the first two fully connected layers as convolutions
+            shapes = {"pre_logits.fc1": (4096, 512, 7, 7), "pre_logits.fc2": (4096, 4096, 1, 1),
+                      "head.fc": (num_classes, 4096)}
+        for name, shape in shapes.items():
+            state[f"{name}.weight"] = torch.randn(shape)
+            state[f"{name}.bias"] = torch.randn(shape[0])
+    return state
+
+
+@pytest.fixture(scope="module")
+def resnet18_weights():
+    return torchvision_resnet18_state(num_classes=10)
+
+
+def test_torchvision_resnet18_loads_completely(resnet18_weights):
+    assert len(resnet18_weights) == 122  # torchvision's resnet18 has 122 state-dict entries
+    model = build_model("resnet18", 10, image_size=32)
+    report = load_pretrained(model, resnet18_weights, strict=True)
+    assert report.source == "torchvision" and report.complete
+    assert len(report.loaded) == len([k for k in model.state_dict() if k.startswith("blocks.")])
+    own = model.state_dict()
+    assert torch.equal(own["blocks.0.conv1.weight"], resnet18_weights["conv1.weight"])
+    assert torch.equal(own["blocks.2.layer2.0.downsample.1.running_var"],
+                       resnet18_weights["layer2.0.downsample.1.running_var"])
+    assert torch.equal(own["blocks.4.fc.bias"], resnet18_weights["fc.bias"])
+
+
+def test_classifier_skipped_when_classes_differ(resnet18_weights):
+    model = build_model("resnet18", 3, image_size=32)
+    before = model.state_dict()["blocks.4.fc.weight"].clone()
+    report = load_pretrained(model, resnet18_weights, strict=True)
+    assert report.skipped == ["blocks.4.fc.weight", "blocks.4.fc.bias"] == classifier_keys(model)
+    assert torch.equal(model.state_dict()["blocks.4.fc.weight"], before)
+    with pytest.raises(PretrainedError, match="(?s)strict loading failed.*blocks.4.fc.weight"):
+        load_pretrained(model, resnet18_weights, skip_classifier=False, strict=True)
+
+
+def test_only_the_chosen_blocks_are_filled(resnet18_weights):
+    model = build_model("resnet18", 10, image_size=32)
+    layer3_before = model.state_dict()["blocks.3.layer3.0.conv1.weight"].clone()
+    report = load_pretrained(model, resnet18_weights, blocks=[1, 2])
+    assert {key.split(".")[1] for key in report.loaded} == {"0", "1"}
+    assert not report.missing and not report.unexpected
+    assert torch.equal(model.state_dict()["blocks.3.layer3.0.conv1.weight"], layer3_before)
+    with pytest.raises(PretrainedError, match="block 6 does not exist: resnet18 has blocks 1..5"):
+        load_pretrained(model, resnet18_weights, blocks=[6])
+
+
+@pytest.mark.parametrize("suffix,wrapping", [(".pt", "plain"), (".pth", "state_dict"), (".pt", "model"),
+                                             (".pt", "ddp"), (".safetensors", "plain"), (".safetensors", "ddp")])
+def test_weight_files(tmp_path, resnet18_weights, wrapping, suffix):
+    if suffix == ".safetensors":
+        safetensors = pytest.importorskip("safetensors.torch")
+    state = {f"module.{k}" if wrapping == "ddp" else k: v for k, v in resnet18_weights.items()}
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        safetensors.save_file(state, str(path))
+    else:
+        torch.save({wrapping: state, "epoch": 3} if wrapping in ("state_dict", "model") else state, path)
+    assert read_weights(path).keys() == resnet18_weights.keys()
+    report = load_pretrained(build_model("resnet18", 10, image_size=32), path, strict=True)
+    assert report.complete
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(PretrainedError, match="weights file not found"):
+        read_weights(tmp_path / "absent.pt")
+    pickled = tmp_path / "whole_model.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    with pytest.raises(PretrainedError, match="(?s)weights_only=True.*state_dict.*Unsupported global"):
+        read_weights(pickled)
+    no_tensors = tmp_path / "config.pt"
+    torch.save({"lr": 0.1}, no_tensors)
+    with pytest.raises(PretrainedError, match="holds no state dict"):
+        read_weights(no_tensors)
+
+
+def test_nothing_matching_is_an_error(resnet18_weights):
+    with pytest.raises(PretrainedError, match="cannot tell where a state dict"):
+        load_pretrained(build_model("lenet5", 10), {"encoder.weight": torch.zeros(2)})
+    with pytest.raises(PretrainedError, match="no torchvision name mapping for model 'lenet5'"):
+        load_pretrained(build_model("lenet5", 10), resnet18_weights)
+    lenet = build_model("lenet5", 10).state_dict()
+    with pytest.raises(PretrainedError, match=f"none of the {len(lenet)} phasenets weights fit resnet18"):
+        load_pretrained(build_model("resnet18", 10, image_size=32), lenet)
+
+
+def test_phasenets_state_dict_with_heads():
+    source = build_model("lenet5", 10)
+    target = build_model("lenet5", 10)
+    report = load_pretrained(target, source.state_dict(), blocks=[1], heads=True, strict=True)
+    assert report.source == "phasenets"
+    assert {key.split(".")[0] for key in report.loaded} == {"blocks", "heads"}
+    assert torch.equal(target.heads[0][-1].weight, source.heads[0][-1].weight)
+    assert not torch.equal(target.blocks[1][0].weight, source.blocks[1][0].weight)
+
+
+def test_torchvision_vgg16_at_a_small_size():
+    """At 32 px the first fully connected layer reads 512 features, not 512 x 7 x 7: reported."""
+    weights = vgg16_state("torchvision", num_classes=10)
+    model = build_model("vgg16", 10, image_size=32)
+    report = load_pretrained(model, weights)
+    # the layer's bias fits, but is kept with its weight
+    assert [(m[1], m[3]) for m in report.mismatched] == [("classifier.0.weight", (4096, 25088)),
+                                                         ("classifier.0.bias", (4096,))]
+    assert len(report.loaded) == 26 + 4 and not report.missing and not report.unexpected
+    assert torch.equal(model.blocks[4][4].weight, weights["features.28.weight"])
+    assert torch.equal(model.blocks[4][-1].bias, weights["classifier.6.bias"])
+    assert "shape mismatch" in report.format() and "classifier.0.weight (4096, 25088)" in report.format()
+
+
+def test_timm_vgg16_convolutional_classifier_at_224():
+    with torch.device("meta"):  # shapes only: a 224 px VGG-16 holds 138M parameters
+        model = build_model("vgg16", 5)
+    report = load_pretrained(model, vgg16_state("timm", num_classes=1000, device="meta"))
+    assert report.source == "timm" and not report.mismatched and not report.missing
+    assert report.skipped == classifier_keys(model)  # 1000 classes in the file, 5 in the model
+
+
+def test_batch_norm_variant_must_match():
+    weights = vgg16_state("torchvision", num_classes=10)
+    with pytest.raises(PretrainedError, match="13 conv, 3 linear.*13 conv, 13 norm, 3 linear.*batch_norm"):
+        load_pretrained(build_model("vgg16", 10, image_size=32, batch_norm=True), weights)
+
+
+def test_torchvision_alexnet_reports_the_variant():
+    shapes = {"features.0": (64, 3, 11, 11), "features.3": (192, 64, 5, 5), "features.6": (384, 192, 3, 3),
+              "features.8": (256, 384, 3, 3), "features.10": (256, 256, 3, 3), "classifier.1": (4096, 9216),
+              "classifier.4": (4096, 4096), "classifier.6": (1000, 4096)}
+    with torch.device("meta"):
+        weights = {f"{name}.{leaf}": torch.empty(shape if leaf == "weight" else shape[:1])
+                   for name, shape in shapes.items() for leaf in ("weight", "bias")}
+        model = build_model("alexnet", 1000)
+    report = load_pretrained(model, weights)
+    assert len(report.mismatched) == 2 * 5  # every convolution: 96-256-384-384-256 here
+    assert report.loaded == [f"blocks.4.{i}.{leaf}" for i in (5, 8, 10) for leaf in ("weight", "bias")]
+    assert "one weird trick" in report.format()
+    with pytest.raises(PretrainedError, match="do not line up"):
+        load_pretrained(model, {k: v for k, v in weights.items() if not k.startswith("features.3")})
+
+
+def test_report_format_and_detection():
+    report = LoadReport(source="timm", loaded=["a"], missing=[f"m{i}" for i in range(12)])
+    text = report.format(limit=10)
+    assert "1 loaded, 12 missing" in text and "m9" in text and "m10" not in text and "2 more" in text
+    assert detect_source({"last_linear.weight": torch.zeros(1)}) == "timm"
+    assert detect_source({"blocks.0.0.weight": torch.zeros(1)}) == "phasenets"
+
+
+# ---- the same function as the original network (where torchvision / timm import) ---------------
+
+
+def _randomize_norms(module):
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if name.endswith(("running_mean", "bias")):
+                tensor.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                tensor.uniform_(0.5, 1.5)
+
+
+def _same_outputs(model, reference, size):
+    reference.eval()
+    model.eval()
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), reference(images), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 64), ("vgg16", 32)])
+def test_torchvision_function_is_preserved(name, size):
+    torchvision = pytest.importorskip("torchvision")
+    reference = getattr(torchvision.models, name)(num_classes=7)
+    if name == "vgg16":  # torchvision pools to 7x7 first; phasenets reads the 1x1 map at 32 px
+        reference.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+        reference.classifier[0] = torch.nn.Linear(512, 4096)
+    _randomize_norms(reference)
+    model = build_model(name, 7, image_size=size)
+    load_pretrained(model, reference.state_dict(), strict=True)
+    _same_outputs(model, reference, size)
+
+
+def test_timm_inception_v4_function_is_preserved():
+    """Mismatched 1x7/7x1 pairs are reduced to their centre tap on both sides (then they agree)."""
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("inception_v4", num_classes=7)
+    _randomize_norms(reference)
+    model = build_model("inception_v4", 7, image_size=99)
+    report = load_pretrained(model, reference.state_dict())
+    assert len(report.mismatched) == 2 + 7 * 4 and not report.missing and not report.unexpected
+    own, theirs = model.state_dict(), reference.state_dict()
+    with torch.no_grad():
+        for model_key, source_key, _, _ in report.mismatched:
+            for tensor, centre in ((theirs[source_key], theirs[source_key]), (own[model_key], theirs[source_key])):
+                tap = centre[:, :, centre.shape[2] // 2, centre.shape[3] // 2].clone()
+                tensor.zero_()
+                tensor[:, :, tensor.shape[2] // 2, tensor.shape[3] // 2] = tap
+    _same_outputs(model, reference, 99)
