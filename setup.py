@@ -38,7 +38,7 @@ def cuda_sources() -> list[str]:
 
 
 def native_extension():
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3"]  # the C++ standard is the one torch's headers need, set by cpp_extension
     link_flags = []
     if torch.backends.openmp.is_available():
         # at::parallel_for is inlined from ATen's OpenMP header: without -fopenmp it runs serially.
@@ -49,7 +49,7 @@ def native_extension():
         if not torch.cuda.is_available():
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         sources += cuda_sources()
-        extension, extra = CUDAExtension, {"nvcc": ["-O3", "-std=c++17"]}
+        extension, extra = CUDAExtension, {"nvcc": ["-O3"]}
     else:
         sources += CPU_ONLY_SOURCES
         extension, extra = CppExtension, {}

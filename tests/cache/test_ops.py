@@ -129,13 +129,19 @@ def test_compute_int8_scale(dtype):
 # --- layouts ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["native", "reference"])
-@pytest.mark.parametrize("dtype", STORAGE_DTYPES)
-def test_strided_inputs_are_handled(backend, dtype):
-    """Row-strided tables, strided indices and strided rows work; only rows must be contiguous."""
-    if backend == "native" and not _extension.native_available():
+@pytest.fixture(params=["native", "reference"])
+def ops_module(request):
+    """The op namespace under test: ``torch.ops.phasenets`` or the reference module."""
+    if request.param == "reference":
+        return reference
+    if not _extension.native_available():
         pytest.skip("phasenets._C is not built")
-    ops_module = torch.ops.phasenets if backend == "native" else reference
+    return torch.ops.phasenets
+
+
+@pytest.mark.parametrize("dtype", STORAGE_DTYPES)
+def test_strided_inputs_are_handled(ops_module, dtype):
+    """Row-strided tables, strided indices and strided rows work; only rows must be contiguous."""
     table, scale = make_table(40, 3, 4, dtype)
     every_other_row = table[::2]  # row stride 2 * row_elems
     index = torch.arange(20).flip(0)[::3]  # non-contiguous
@@ -151,12 +157,8 @@ def test_strided_inputs_are_handled(backend, dtype):
     assert torch.equal(target, expected)
 
 
-@pytest.mark.parametrize("backend", ["native", "reference"])
 @pytest.mark.parametrize("dtype", STORAGE_DTYPES)
-def test_empty_index(backend, dtype):
-    if backend == "native" and not _extension.native_available():
-        pytest.skip("phasenets._C is not built")
-    ops_module = torch.ops.phasenets if backend == "native" else reference
+def test_empty_index(ops_module, dtype):
     table, scale = make_table(6, 2, 2, dtype)
     before = table.clone()
     empty = torch.empty(0, dtype=torch.int64)
