@@ -47,7 +47,7 @@ __all__ = [
 
 SOURCES = ("auto", "phasenets", "torchvision", "timm")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-_NESTED_STATE_KEYS = ("state_dict", "model", "model_state")
+_NESTED_STATE_KEYS = ("model_state", "state_dict", "model")
 _SHOWN = 5  # keys quoted in an error message
 
 
@@ -141,7 +141,10 @@ def _unwrap_state_dict(payload: object, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(payload, Mapping):
         for key in _NESTED_STATE_KEYS:
             if isinstance(payload.get(key), Mapping):
-                return _unwrap_state_dict(payload[key], path)
+                try:
+                    return _unwrap_state_dict(payload[key], path)
+                except PretrainedError:  # e.g. a phasenets checkpoint's "model" is a description
+                    continue
         tensors = {key: value for key, value in payload.items() if isinstance(value, torch.Tensor)}
         if tensors:
             return {_strip_wrapper(key): value for key, value in tensors.items()}
@@ -405,7 +408,7 @@ def classifier_keys(model: BlockwiseNet) -> list[str]:
     last = [name for name, module in model.blocks[-1].named_modules() if isinstance(module, nn.Linear)]
     if not last:
         return []
-    prefix = f"blocks.{model.num_blocks - 1}.{last[-1]}"
+    prefix = f"blocks.{model.num_blocks - 1}" + (f".{last[-1]}" if last[-1] else "")  # "": the block is the Linear
     return [key for key in model.state_dict() if key.rpartition(".")[0] == prefix]
 
 

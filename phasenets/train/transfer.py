@@ -1,0 +1,173 @@
+"""Task chaining (ModNet): start a new task from an earlier task's blocks, and per-block learning rates.
+
+``init_from(model, source, reuse_blocks="1-3", freeze_reused=True)`` copies blocks 1..3 of an
+earlier run (its run directory, one of its checkpoints) or of a weights file the user has
+(torchvision/timm/phasenets state dicts, see `phasenets.models.pretrained`) into ``model``, and
+freezes them or not. Auxiliary heads are never copied: they classify the earlier task's classes.
+``block_lr_multipliers`` turns ModNet's per-layer rates (``"0.4,0.65,1"``) or a layer-wise decay
+factor into one learning-rate factor per block, so reused blocks can train slowly instead of
+being frozen.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from phasenets.models.blockwise import BlockwiseNet
+from phasenets.models.pretrained import LoadReport, load_pretrained, read_weights
+from phasenets.train.checkpoint import CheckpointError, load_checkpoint
+
+__all__ = ["TransferReport", "block_lr_multipliers", "find_run_checkpoint", "init_from", "parse_blocks"]
+
+_BLOCK_SPEC = re.compile(r"\d+(-\d+)?")
+
+
+@dataclass
+class TransferReport:
+    """What `init_from` copied: from where, which blocks, which of them it froze, key by key."""
+
+    source: Path
+    blocks: list[int]
+    frozen: list[int]
+    weights: LoadReport
+    source_model: dict[str, Any] | None = None   # a phasenets checkpoint's model record
+    source_classes: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        origin = f"{self.source}"
+        if self.source_model is not None:
+            origin += f" ({self.source_model['name']}, {self.source_model['num_classes']} classes)"
+        frozen = f"; frozen: {_format_blocks(self.frozen)}" if self.frozen else ""
+        lines = [f"initialized blocks {_format_blocks(self.blocks)} from {origin}{frozen}", self.weights.format()]
+        return "\n".join(lines + [f"note: {note}" for note in self.notes])
+
+
+def parse_blocks(spec: str | int | Iterable[int] | None, num_blocks: int) -> list[int]:
+    """Block numbers (1-based, sorted) from ``"1-3"``, ``"1,2,4"``, ``"1-2,4"``, ``"all"``, an int or a list.
+
+    ``None`` and ``"all"`` mean every block.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+        return list(range(1, num_blocks + 1))
+    if isinstance(spec, int):
+        numbers = [spec]
+    elif isinstance(spec, str):
+        numbers = []
+        for part in spec.replace(" ", "").split(","):
+            if not _BLOCK_SPEC.fullmatch(part):
+                raise ValueError(f"reuse_blocks must look like 1-3, 1,2,4 or all; got {spec!r}")
+            first, _, last = part.partition("-")
+            if last and int(last) < int(first):
+                raise ValueError(f"reuse_blocks range {part!r} runs backwards; write {last}-{first}")
+            numbers += range(int(first), int(last or first) + 1)
+    else:
+        numbers = [int(number) for number in spec]
+    outside = sorted({n for n in numbers if not 1 <= n <= num_blocks})
+    if outside or not numbers:
+        raise ValueError(f"reuse_blocks {spec!r}: the model has blocks 1..{num_blocks}"
+                         + (f"; {outside} are not among them" if outside else ""))
+    return sorted(set(numbers))
+
+
+def find_run_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint holding a run's trained network: ``final.pt``, else its latest phase's best."""
+    run_dir = Path(run_dir)
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        raise CheckpointError(f"{run_dir} has no checkpoints/ folder; is it a phasenets run directory?")
+    if (folder / "final.pt").is_file():
+        return folder / "final.pt"
+    best = sorted(folder.glob("phase*-best.pt"), key=lambda path: int(re.sub(r"\D", "", path.name.split("-")[0])))
+    if not best:
+        raise CheckpointError(f"{folder} holds neither final.pt nor any phase<k>-best.pt: the run trained nothing yet")
+    return best[-1]
+
+
+def init_from(
+    model: BlockwiseNet,
+    source: str | Path,
+    reuse_blocks: str | int | Iterable[int] | None = None,
+    freeze_reused: bool = False,
+    *,
+    strict: bool = False,
+) -> TransferReport:
+    """Copy blocks of an earlier network into ``model`` (in place) and optionally freeze them.
+
+    Args:
+        source: a phasenets run directory, a phasenets checkpoint, or a weights file
+            (``.safetensors``/``.pt``/``.pth``: phasenets, torchvision or timm names).
+        reuse_blocks: which blocks to copy (see `parse_blocks`); ``None`` copies every block
+            (the final classifier only when the number of classes agrees).
+        freeze_reused: freeze the copied blocks (``model.freeze_block``). Freezing is not part of
+            the state dict: a trainer that reloads ``model`` must freeze them again.
+        strict: every key of the copied blocks must load (see `load_pretrained`).
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = find_run_checkpoint(path)
+    blocks = parse_blocks(reuse_blocks, model.num_blocks)
+    state_dict, record, classes = _read_source(path)
+    weights = load_pretrained(model, state_dict, blocks=blocks, strict=strict)
+    report = TransferReport(path, blocks, [], weights, record, classes)
+    if record is not None and record.get("name") != model.name:
+        report.notes.append(f"the source network is a {record.get('name')}, this one a {model.name}")
+    reused = sorted({int(key.split(".")[1]) + 1 for key in weights.loaded})
+    if reused != blocks:
+        untouched = sorted(set(blocks) - set(reused))
+        report.notes.append(f"nothing was loaded into block(s) {_format_blocks(untouched)}")
+    if freeze_reused:
+        for k in reused:
+            model.freeze_block(k)
+        report.frozen = reused
+    return report
+
+
+def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, list[str] | None]:
+    """The state dict of a checkpoint or weights file, with the checkpoint's model record and classes."""
+    if path.suffix != ".safetensors":
+        try:
+            payload = load_checkpoint(path)
+        except CheckpointError:  # a plain weights file; read_weights says what is wrong if it is neither
+            pass
+        else:
+            return payload["model_state"], payload.get("model"), list(payload.get("classes", [])) or None
+    return read_weights(path), None, None
+
+
+def block_lr_multipliers(
+    num_blocks: int, spec: str | Sequence[float] | None = None, layer_decay: float | None = None
+) -> list[float]:
+    """One learning-rate factor per block, first to last.
+
+    ``spec``: the factors themselves, ``"0.4,0.65,1"`` or a list, one per block (ModNet trained
+    layer1/2/3 at 0.4, 0.65 and 1 times the rate). ``layer_decay``: block ``k`` of ``n`` trains
+    at ``layer_decay ** (n - k)``, so the last block keeps the full rate and each earlier one a
+    further factor less. Neither: all 1. A factor of 0 leaves a block as it is.
+    """
+    if spec is not None and layer_decay is not None:
+        raise ValueError("give per-block factors or a layer_decay, not both")
+    if layer_decay is not None:
+        if not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1]; got {layer_decay}")
+        return [layer_decay ** (num_blocks - k) for k in range(1, num_blocks + 1)]
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return [1.0] * num_blocks
+    try:
+        factors = [float(part) for part in (spec.split(",") if isinstance(spec, str) else spec)]
+    except ValueError:
+        raise ValueError(f"block learning-rate factors must be numbers like 0.4,0.65,1; got {spec!r}") from None
+    if len(factors) != num_blocks:
+        raise ValueError(f"{len(factors)} block learning-rate factors for {num_blocks} blocks: give one per block")
+    if any(factor < 0 for factor in factors):
+        raise ValueError(f"block learning-rate factors must be >= 0; got {factors}")
+    return factors
+
+
+def _format_blocks(blocks: Sequence[int]) -> str:
+    return ", ".join(str(block) for block in blocks) or "none"
