@@ -7,7 +7,7 @@ from phasenets.data.layout import Sample
 
 
 def photo_like(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """An RGB image that compresses like a photo: smooth random gradients, blobs and sensor noise."""
+    """An RGB image that compresses like a photo: smooth random waves and ramps plus sensor noise."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     planes = []
     for _ in range(3):
