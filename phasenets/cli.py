@@ -36,9 +36,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from phasenets.train import PhaseTrainer
 
     result = PhaseTrainer(config_from_args(args)).fit()
-    final = result.final
-    print(f"final {final['split']} accuracy {final['accuracy']:.4f} ({final['count']} images), "
-          f"{result.seconds:.1f}s; run directory: {result.run_dir}")
+    print(f"done in {result.seconds:.1f}s; run directory: {result.run_dir}")
     return EXIT_OK
 
 
@@ -48,7 +46,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_eval(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("eval", help="evaluate a checkpoint on one split of a dataset")
-    parser.add_argument("--checkpoint", required=True, help="a .pt file from a run's checkpoints/ folder")
+    parser.add_argument("--checkpoint", required=True, help="a .pt file from a run's checkpoints/ folder, or a run directory (its final network)")
     parser.add_argument("--data-dir", "--data_dir", required=True, help="dataset root (train/, validation/, test/)")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--batch-size", type=int, default=64)

@@ -42,7 +42,7 @@ def test_train_with_seed_flags_then_eval(digits, tmp_path, capsys):
     assert summary["config"]["schedule"] == "standard" and summary["config"]["num_classes"] == 10
     assert summary["config"]["lr_schedule"] == "inverse_time"
 
-    assert main(["eval", "--checkpoint", str(run / "checkpoints" / "final.pt"), "--data-dir", str(digits),
+    assert main(["eval", "--checkpoint", str(run), "--data-dir", str(digits),
                  "--num-workers", "0", "--loader", "torch", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["count"] == 30 and metrics["top5"] is not None

@@ -16,10 +16,13 @@ __all__ = ["evaluate_checkpoint", "load_trained_model"]
 def load_trained_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the registered architecture a checkpoint was trained with and load its weights.
 
-    Returns the model (eval mode, on CPU) and the checkpoint payload (classes, normalization, config).
+    ``checkpoint``: a checkpoint file, or a run directory (its final network). Returns the model
+    (eval mode, on CPU) and the checkpoint payload (classes, normalization, config).
     """
     from phasenets.models import build_model
 
+    if Path(checkpoint).is_dir():
+        checkpoint = Path(checkpoint) / "checkpoints" / "final.pt"
     payload = load_checkpoint(checkpoint)
     record = payload["model"]
     if record["name"] == "custom":

@@ -124,6 +124,34 @@ class _StartPoint:
     mid_phase: bool = False  # the checkpoint is an unfinished epoch loop of `phase`
 
 
+@dataclass
+class _PhaseRun:
+    """Everything one phase's epoch loop works with; ``epoch`` counts the epochs done."""
+
+    phase: Phase
+    stage: PhaseStage
+    trainable: nn.Module  # `stage`, wrapped for DDP when there are several processes
+    train_source: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    stopper: _EarlyStopping
+    global_epoch: int  # epochs over all phases: TensorBoard's x axis
+    started: float  # perf_counter at the phase's start, moved back by a resumed run's earlier time
+    epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def state(self, results: list[PhaseResult], completed: bool = False) -> dict[str, Any]:
+        """The part of a checkpoint that ``--resume`` continues the phase from."""
+        return {
+            "epoch": self.epoch, "completed": completed, "early_stopping": asdict(self.stopper),
+            "seconds": time.perf_counter() - self.started, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "results": [asdict(result) for result in results],
+        }
+
+
 class PhaseTrainer:
     """Trains a network phase by phase as ``config`` describes.
 
@@ -183,105 +211,109 @@ class PhaseTrainer:
         return self._finish(results, started)
 
     def _train_phase(self, phase: Phase, resumed: dict | None, done: list[PhaseResult]) -> PhaseResult:
-        cfg, model, device = self.config, self.model, self.dist.device
-        phase_started = time.perf_counter()
+        """Train one phase to its end and leave the network on the phase's best weights."""
+        run = self._start_phase(phase, done)
+        if resumed is not None:
+            self._resume_phase(run, resumed)
+        log.info("%s/%d: training blocks %d-%d (%d trainable parameters), %d frozen", phase.name,
+                 len(self.plan), phase.first_block, phase.last_block,
+                 sum(p.numel() for p in run.stage.parameters() if p.requires_grad), phase.frozen_prefix)
+        while run.epoch < phase.max_epochs and not run.stopper.should_stop:
+            run.epoch += 1
+            epoch_started = time.perf_counter()
+            self.model.train()  # frozen blocks stay in eval mode
+            train_metrics = self._train_epoch(run)
+            train_seconds = time.perf_counter() - epoch_started
+            val_metrics = self._evaluate(run.stage, self._source("validation", phase)).compute()
+            run.global_epoch += 1
+            self._log_metrics(run, "train", train_metrics, train_seconds)
+            self._log_metrics(run, "validation", val_metrics, time.perf_counter() - epoch_started - train_seconds)
+            improved = run.stopper.update(val_metrics, run.epoch)
+            log.info("%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs", phase.name,
+                     run.epoch, phase.max_epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss,
+                     val_metrics.accuracy, " *" if improved else "", time.perf_counter() - epoch_started)
+            if improved:
+                run.best_state = copy.deepcopy(self.model.state_dict())
+                self._save(phase, "best", run.state(done))
+            self._save(phase, "last", run.state(done))  # its RNG state is where the next epoch starts
+        return self._end_phase(run, done)
+
+    def _start_phase(self, phase: Phase, done: list[PhaseResult]) -> _PhaseRun:
+        """Freeze all but the phase's blocks; a fresh optimizer and schedule for them and their head."""
+        cfg, model = self.config, self.model
         for block in range(1, model.num_blocks + 1):
             (model.unfreeze_block if block in phase.trainable_blocks else model.freeze_block)(block)
         stage = PhaseStage(model, phase)
-        trainable = self.dist.wrap(stage)
         optimizer = build_optimizer(
             cfg, [(model.blocks[k - 1], scale) for k, scale in zip(phase.trainable_blocks, phase.block_lr_scales)]
             + [(stage.head, phase.head_lr_scale)],
         )
         train_source = self._source("train", phase)
-        scheduler = build_lr_scheduler(cfg, optimizer, len(train_source), phase.max_epochs)
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        stopper = _EarlyStopping(cfg.monitor, cfg.patience)
-        global_epoch = sum(result.epochs for result in done)
-        first_epoch, best_state, seconds_before = 1, None, 0.0
+        return _PhaseRun(
+            phase=phase, stage=stage, trainable=self.dist.wrap(stage), train_source=train_source,
+            optimizer=optimizer, scheduler=build_lr_scheduler(cfg, optimizer, len(train_source), phase.max_epochs),
+            scaler=torch.amp.GradScaler(self.dist.device.type, enabled=cfg.amp == "fp16"),
+            criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+            stopper=_EarlyStopping(cfg.monitor, cfg.patience), global_epoch=sum(r.epochs for r in done),
+            started=time.perf_counter(),
+        )
 
-        if resumed is not None:  # continue this phase after its last completed epoch
-            model.load_state_dict(resumed["model_state"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            scheduler.load_state_dict(resumed["scheduler"])
-            scaler.load_state_dict(resumed["scaler"])
-            stopper = _EarlyStopping(**resumed["early_stopping"])
-            best_state = load_checkpoint(self._checkpoint_path(phase, "best"))["model_state"]
-            first_epoch, seconds_before = resumed["epoch"] + 1, resumed["seconds"]
-            global_epoch += resumed["epoch"]
-            restore_rng_state(resumed["rng"])
-            log.info("resuming %s at epoch %d", phase.name, first_epoch)
+    def _resume_phase(self, run: _PhaseRun, checkpoint: dict[str, Any]) -> None:
+        """Put back the state of the phase as its last checkpoint saw it."""
+        self.model.load_state_dict(checkpoint["model_state"])
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.scheduler.load_state_dict(checkpoint["scheduler"])
+        run.scaler.load_state_dict(checkpoint["scaler"])
+        run.stopper = _EarlyStopping(**checkpoint["early_stopping"])
+        run.best_state = load_checkpoint(self._checkpoint_path(run.phase, "best"))["model_state"]
+        run.epoch = checkpoint["epoch"]
+        run.global_epoch += checkpoint["epoch"]
+        run.started -= checkpoint["seconds"]
+        restore_rng_state(checkpoint["rng"])
+        log.info("resuming %s after epoch %d", run.phase.name, run.epoch)
 
-        log.info("%s/%d: training blocks %d-%d (%d trainable parameters), %d frozen", phase.name,
-                 len(self.plan), phase.first_block, phase.last_block,
-                 sum(p.numel() for p in stage.parameters() if p.requires_grad), phase.frozen_prefix)
-        epoch = first_epoch - 1
-        for epoch in range(first_epoch, phase.max_epochs + 1):
-            if stopper.should_stop:
-                epoch -= 1
-                break
-            epoch_started = time.perf_counter()
-            model.train()  # frozen blocks stay in eval mode
-            train_metrics = self._train_epoch(trainable, train_source, optimizer, scheduler, scaler, criterion,
-                                              epoch, phase)
-            train_seconds = time.perf_counter() - epoch_started
-            val_metrics = self._evaluate(stage, self._source("validation", phase)).compute()
-            global_epoch += 1
-            lr = optimizer.param_groups[-1]["lr"]
-            if self.run_log is not None:
-                self.run_log.log(phase.index, epoch, "train", train_metrics, lr, train_seconds, global_epoch)
-                self.run_log.log(phase.index, epoch, "validation", val_metrics, lr,
-                             time.perf_counter() - epoch_started - train_seconds, global_epoch)
-            improved = stopper.update(val_metrics, epoch)
-            log.info("%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs", phase.name,
-                     epoch, phase.max_epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss,
-                     val_metrics.accuracy, " *" if improved else "", time.perf_counter() - epoch_started)
-            state = _training_state(epoch, False, stopper, seconds_before + time.perf_counter() - phase_started,
-                                    (optimizer, scheduler, scaler), done)
-            if improved:
-                best_state = copy.deepcopy(model.state_dict())
-                self._save(phase, "best", state)
-            self._save(phase, "last", state)  # the RNG state saved here is what the next epoch starts from
-
-        # the phase ends on its best-validation weights, before its blocks are frozen for good
-        model.load_state_dict(best_state)
-        val_metrics = self._evaluate(stage, self._source("validation", phase)).compute()
+    def _end_phase(self, run: _PhaseRun, done: list[PhaseResult]) -> PhaseResult:
+        """Restore the best weights (they are what later phases build on), test, checkpoint, plot."""
+        phase = run.phase
+        self.model.load_state_dict(run.best_state)
+        val_metrics = self._evaluate(run.stage, self._source("validation", phase)).compute()
         test_metrics = None
-        if cfg.use_test and "test" in self.loaders:
-            test_metrics = self._evaluate(stage, self._source("test", phase)).compute()
-            if self.run_log is not None:
-                self.run_log.log(phase.index, stopper.best_epoch, "test", test_metrics, optimizer.param_groups[-1]["lr"],
-                             0.0, global_epoch)
+        if self.config.use_test and "test" in self.loaders:
+            test_metrics = self._evaluate(run.stage, self._source("test", phase)).compute()
+            self._log_metrics(run, "test", test_metrics, 0.0, epoch=run.stopper.best_epoch)
             log.info("%s test loss %.4f acc %.4f", phase.name, test_metrics.loss, test_metrics.accuracy)
-        seconds = seconds_before + time.perf_counter() - phase_started
         result = PhaseResult(
-            index=phase.index, name=phase.name, epochs=epoch, best_epoch=stopper.best_epoch,
+            index=phase.index, name=phase.name, epochs=run.epoch, best_epoch=run.stopper.best_epoch,
             validation=val_metrics.as_dict(), test=None if test_metrics is None else test_metrics.as_dict(),
-            seconds=seconds, best_checkpoint=str(self._checkpoint_path(phase, "best")),
+            seconds=time.perf_counter() - run.started, best_checkpoint=str(self._checkpoint_path(phase, "best")),
             last_checkpoint=str(self._checkpoint_path(phase, "last")),
         )
-        self._save(phase, "last", _training_state(epoch, True, stopper, seconds, (optimizer, scheduler, scaler),
-                                                  [*done, result]))
+        self._save(phase, "last", run.state([*done, result], completed=True))
         if self.run_log is not None:
             plot_history(self.run_log.csv_path, self.run_dir, {p.index: p.name for p in self.plan})
         return result
 
-    def _train_epoch(self, trainable: nn.Module, source, optimizer, scheduler, scaler, criterion,
-                     epoch: int, phase: Phase) -> SplitMetrics:
+    def _log_metrics(self, run: _PhaseRun, split: str, metrics: SplitMetrics, seconds: float,
+                     epoch: int | None = None) -> None:
+        if self.run_log is not None:
+            lr = run.optimizer.param_groups[-1]["lr"]  # the newest block's
+            self.run_log.log(run.phase.index, epoch or run.epoch, split, metrics, lr, seconds, run.global_epoch)
+
+    def _train_epoch(self, run: _PhaseRun) -> SplitMetrics:
         tracker = MetricTracker(self.model.num_classes, self.dist.device)
-        source.set_epoch(epoch - 1)
+        run.train_source.set_epoch(run.epoch - 1)
         show = self.dist.is_main and sys.stdout.isatty()
-        for inputs, labels, _ in tqdm(source, desc=f"{phase.name} epoch {epoch}", leave=False, disable=not show):
+        batches = tqdm(run.train_source, desc=f"{run.phase.name} epoch {run.epoch}", leave=False, disable=not show)
+        for inputs, labels, _ in batches:
             with self._autocast():
-                logits = trainable(inputs)
-            loss = criterion(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            tracker.update(logits.float(), labels, loss)
+                logits = run.trainable(inputs).float()
+            loss = run.criterion(logits, labels)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.scheduler.step()
+            tracker.update(logits, labels, loss)
         tracker.reduce(self.dist.all_reduce_sum)
         return tracker.compute()
 
@@ -474,17 +506,6 @@ class PhaseTrainer:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-def _training_state(epoch: int, completed: bool, stopper: _EarlyStopping, seconds: float, stateful: tuple,
-                    results: list[PhaseResult]) -> dict[str, Any]:
-    """The part of a checkpoint that ``--resume`` continues a phase from."""
-    optimizer, scheduler, scaler = stateful
-    return {
-        "epoch": epoch, "completed": completed, "early_stopping": asdict(stopper), "seconds": seconds,
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-        "results": [asdict(result) for result in results],
-    }
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
