@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -36,7 +37,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from phasenets.train import PhaseTrainer
 
     result = PhaseTrainer(config_from_args(args)).fit()
-    print(f"done in {result.seconds:.1f}s; run directory: {result.run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
+        print(f"done in {result.seconds:.1f}s; run directory: {result.run_dir}")
     return EXIT_OK
 
 

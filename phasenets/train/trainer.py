@@ -215,7 +215,7 @@ class PhaseTrainer:
         run = self._start_phase(phase, done)
         if resumed is not None:
             self._resume_phase(run, resumed)
-        log.info("%s/%d: training blocks %d-%d (%d trainable parameters), %d frozen", phase.name,
+        self._info("%s/%d: training blocks %d-%d (%d trainable parameters), %d frozen", phase.name,
                  len(self.plan), phase.first_block, phase.last_block,
                  sum(p.numel() for p in run.stage.parameters() if p.requires_grad), phase.frozen_prefix)
         while run.epoch < phase.max_epochs and not run.stopper.should_stop:
@@ -229,7 +229,7 @@ class PhaseTrainer:
             self._log_metrics(run, "train", train_metrics, train_seconds)
             self._log_metrics(run, "validation", val_metrics, time.perf_counter() - epoch_started - train_seconds)
             improved = run.stopper.update(val_metrics, run.epoch)
-            log.info("%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs", phase.name,
+            self._info("%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs", phase.name,
                      run.epoch, phase.max_epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss,
                      val_metrics.accuracy, " *" if improved else "", time.perf_counter() - epoch_started)
             if improved:
@@ -270,7 +270,7 @@ class PhaseTrainer:
         run.global_epoch += checkpoint["epoch"]
         run.started -= checkpoint["seconds"]
         restore_rng_state(checkpoint["rng"])
-        log.info("resuming %s after epoch %d", run.phase.name, run.epoch)
+        self._info("resuming %s after epoch %d", run.phase.name, run.epoch)
 
     def _end_phase(self, run: _PhaseRun, done: list[PhaseResult]) -> PhaseResult:
         """Restore the best weights (they are what later phases build on), test, checkpoint, plot."""
@@ -281,7 +281,7 @@ class PhaseTrainer:
         if self.config.use_test and "test" in self.loaders:
             test_metrics = self._evaluate(run.stage, self._source("test", phase)).compute()
             self._log_metrics(run, "test", test_metrics, 0.0, epoch=run.stopper.best_epoch)
-            log.info("%s test loss %.4f acc %.4f", phase.name, test_metrics.loss, test_metrics.accuracy)
+            self._info("%s test loss %.4f acc %.4f", phase.name, test_metrics.loss, test_metrics.accuracy)
         result = PhaseResult(
             index=phase.index, name=phase.name, epochs=run.epoch, best_epoch=run.stopper.best_epoch,
             validation=val_metrics.as_dict(), test=None if test_metrics is None else test_metrics.as_dict(),
@@ -292,6 +292,11 @@ class PhaseTrainer:
         if self.run_log is not None:
             plot_history(self.run_log.csv_path, self.run_dir, {p.index: p.name for p in self.plan})
         return result
+
+    def _info(self, message: str, *args: Any) -> None:
+        """Progress lines come from rank 0 only."""
+        if self.dist.is_main:
+            log.info(message, *args)
 
     def _log_metrics(self, run: _PhaseRun, split: str, metrics: SplitMetrics, seconds: float,
                      epoch: int | None = None) -> None:
@@ -343,7 +348,7 @@ class PhaseTrainer:
             "confusion_matrix": tracker.confusion.cpu().tolist(),
         }
         checkpoint = self.run_dir / "checkpoints" / "final.pt"
-        log.info("final %s accuracy %.4f (%d images)", split, metrics.accuracy, metrics.count)
+        self._info("final %s accuracy %.4f (%d images)", split, metrics.accuracy, metrics.count)
         if self.dist.is_main:
             save_checkpoint(checkpoint, self._payload(self.plan[-1], {"completed": True}))
             summary = {
