@@ -1,0 +1,191 @@
+"""Export a trained network (a phasenets checkpoint) as ONNX, TorchScript or safetensors.
+
+Every format carries what a deployment needs besides the weights: the class names, the input
+normalization (mean and std per channel, on the 0..1 scale) and the input size, as JSON under the
+key ``phasenets`` (ONNX ``metadata_props``, a TorchScript extra file ``phasenets.json``, the
+safetensors header's metadata). The exported network maps ``images [N, C, H, W]`` (float32,
+normalized) to ``logits [N, num_classes]``.
+
+- ``onnx``: opset `ONNX_OPSET` (18), through ``torch.onnx.export``'s dynamo exporter (needs the
+  ``onnx`` and ``onnxscript`` packages). The batch dimension is dynamic (named ``batch``); the
+  channels and image size are fixed. This is the route to edge accelerators (TensorRT, OpenVINO,
+  ONNX Runtime).
+- ``torchscript``: ``torch.jit.trace`` of the network in eval mode; any batch size works. Recent
+  torch marks TorchScript deprecated (its own warnings are silenced here, since the format was
+  asked for by name); ONNX is the format to prefer for new deployments.
+- ``safetensors``: the state dict; `load_safetensors_model` rebuilds the network from it.
+
+Files are written under a temporary name and renamed, so a crash never leaves half a file. With
+``verify=True`` the exported file is loaded back and run against the checkpoint's network on a
+random batch (ONNX through onnxruntime, or onnx's reference evaluator where onnxruntime is absent).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "ExportResult", "export_checkpoint", "load_safetensors_model"]
+
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
+ONNX_OPSET = 18
+METADATA_KEY = "phasenets"
+_SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
+_VERIFY_BATCH = 3  # not 1 or 2, so a batch size baked into the export would show
+
+
+@dataclass
+class ExportResult:
+    """Where the export went and, when verified, the largest output difference from the checkpoint."""
+
+    path: Path
+    format: str
+    max_abs_diff: float | None = None   # None: not verified
+    verified_with: str | None = None
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    format: str = "onnx",  # noqa: A002 - the CLI's --format
+    out: str | Path | None = None,
+    *,
+    verify: bool = True,
+    atol: float = 1e-4,
+) -> ExportResult:
+    """Write the network of ``checkpoint`` in ``format`` to ``out`` (default: next to the checkpoint).
+
+    With ``verify``, raise `RuntimeError` when the exported network's logits differ from the
+    checkpoint's by more than ``atol`` on a random batch.
+    """
+    from phasenets.train.evaluate import load_trained_model
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; valid: {', '.join(EXPORT_FORMATS)}")
+    model, payload = load_trained_model(checkpoint)
+    model.eval()
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + _SUFFIXES[format])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = json.dumps(_metadata(model, payload))
+    writer = {"onnx": _write_onnx, "torchscript": _write_torchscript, "safetensors": _write_safetensors}[format]
+    _write_atomically(out, lambda path: writer(model, path, metadata))
+    result = ExportResult(out, format)
+    if verify:
+        result.max_abs_diff, result.verified_with = _verify(model, out, format)
+        if result.max_abs_diff > atol:
+            raise RuntimeError(f"the {format} export {out} differs from {checkpoint} by up to "
+                               f"{result.max_abs_diff:.3g} (tolerance {atol:g})")
+    return result
+
+
+def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network saved by ``export_checkpoint(..., "safetensors")``; returns (model, metadata)."""
+    from safetensors import safe_open
+
+    from phasenets.models import build_model
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    if METADATA_KEY not in header:
+        raise ValueError(f"{path} was not exported by phasenets (no {METADATA_KEY!r} metadata); load its tensors "
+                         "with phasenets.models.pretrained.load_pretrained into a model you build")
+    metadata = json.loads(header[METADATA_KEY])
+    record = metadata["model"]
+    model = build_model(record["name"], record["num_classes"], in_channels=record["in_channels"],
+                        image_size=record["image_size"], head=record["head"], **record["options"])
+    model.load_state_dict(state)
+    return model.eval(), metadata
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _metadata(model: nn.Module, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": payload["model"], "classes": list(payload["classes"]), "normalization": payload["normalization"],
+        "input_shape": list(model.input_shape), "input": "images [N, C, H, W] float32, normalized",
+        "output": "logits [N, num_classes]",
+    }
+
+
+def _example(model: nn.Module) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(_VERIFY_BATCH, *model.input_shape, generator=generator)
+
+
+def _write_onnx(model: nn.Module, path: Path, metadata: str) -> None:
+    import onnx
+
+    program = torch.onnx.export(
+        model, (_example(model),), input_names=["images"], output_names=["logits"], opset_version=ONNX_OPSET,
+        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False, report=False,
+    )
+    proto = program.model_proto
+    proto.metadata_props.add(key=METADATA_KEY, value=metadata)
+    onnx.save(proto, str(path))
+
+
+def _write_torchscript(model: nn.Module, path: Path, metadata: str) -> None:
+    with torch.no_grad(), _torchscript_deprecation_silenced():
+        traced = torch.jit.trace(model, _example(model))
+        torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": metadata})
+
+
+@contextlib.contextmanager
+def _torchscript_deprecation_silenced():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+        yield
+
+
+def _write_safetensors(model: nn.Module, path: Path, metadata: str) -> None:
+    from safetensors.torch import save_file
+
+    state = {key: value.contiguous() for key, value in model.state_dict().items()}
+    save_file(state, str(path), metadata={METADATA_KEY: metadata})
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def _verify(model: nn.Module, path: Path, format: str) -> tuple[float, str]:  # noqa: A002
+    images = _example(model)
+    expected = model(images)
+    if format == "torchscript":
+        with _torchscript_deprecation_silenced():
+            actual, runner = torch.jit.load(str(path))(images), "torch.jit.load"
+    elif format == "safetensors":
+        actual, runner = load_safetensors_model(path)[0](images), "load_safetensors_model"
+    else:
+        actual, runner = _run_onnx(path, images)
+    return (actual - expected).abs().max().item(), runner
+
+
+def _run_onnx(path: Path, images: torch.Tensor) -> tuple[torch.Tensor, str]:
+    try:
+        import onnxruntime
+    except ImportError:  # the reference evaluator is slow but needs nothing beyond onnx
+        from onnx.reference import ReferenceEvaluator
+
+        (logits,) = ReferenceEvaluator(str(path)).run(None, {"images": images.numpy()})
+        return torch.from_numpy(logits), "onnx.reference"
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"images": images.numpy()})
+    return torch.from_numpy(logits), "onnxruntime"
