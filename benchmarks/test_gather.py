@@ -72,11 +72,15 @@ def report_ratios(request):
     yield
     if len(_median_seconds) < 2 * len(CASES):
         return
-    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
-    terminal.write_line(f"\nT4 gather, {NUM_ROWS} x {ROW_ELEMS} table, batch {BATCH}, "
-                        f"{torch.get_num_threads()} threads:")
+    lines = [f"T4 gather, {NUM_ROWS} x {ROW_ELEMS} table, batch {BATCH}, {torch.get_num_threads()} threads "
+             "(median per batch):"]
     for case, (_, _, target) in CASES.items():
         native, ref = _median_seconds[case, "native"], _median_seconds[case, "reference"]
         verdict = "meets" if ref / native >= target else "MISSES"
-        terminal.write_line(f"  {case:>18}: native {native * 1e6:8.1f} us, reference {ref * 1e6:8.1f} us, "
-                            f"speed-up {ref / native:5.2f}x ({verdict} the {target:.1f}x target)")
+        lines.append(f"  {case:>18}: native {native * 1e6:8.1f} us, reference {ref * 1e6:8.1f} us, "
+                     f"speed-up {ref / native:5.2f}x ({verdict} the {target:.1f}x target)")
+    # Teardown output is captured; write past the capture so the table shows under -q too.
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
+    with capture.global_and_fixture_disabled():
+        terminal.write_line("\n" + "\n".join(lines))

@@ -1,24 +1,29 @@
 // CPU kernels of gather_rows / gather_rows_out / scatter_rows.
 //
-// Rows are independent, so the parallelism is over rows; within a row the loops are plain
-// element-wise conversions the compiler vectorizes, and same-dtype rows are one memcpy.
+// Rows are independent, so the parallelism is over rows; within a row, convert.h's (vectorized)
+// conversions run, and same-dtype rows are one memcpy.
 #include "rows_cpu.h"
 
 #include "../checks.h"
+#include "convert.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <type_traits>
 
 namespace phasenets::cpu {
+
+#ifdef PHASENETS_X86_AVX2
+bool avx2::cpu_supported() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+                                __builtin_cpu_supports("fma");
+  return supported;
+}
+#endif
+
 namespace {
 
 // Rows per task: enough bytes that a thread's share outweighs the cost of waking it.
@@ -26,44 +31,6 @@ constexpr int64_t kGrainBytes = 64 * 1024;
 
 int64_t grain_rows(int64_t row_bytes) {
   return std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, row_bytes));
-}
-
-template <typename In, typename Out>
-void convert_row(const In* in, Out* out, int64_t n) {
-  if constexpr (std::is_same_v<In, Out>) {
-    std::memcpy(out, in, static_cast<size_t>(n) * sizeof(In));
-  } else {
-    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<Out>(static_cast<float>(in[j]));
-  }
-}
-
-// `spatial` elements in a row share each channel's scale (channels-first feature maps).
-template <typename Out>
-void dequantize_row(const int8_t* in, const float* scale, int64_t channels, int64_t spatial,
-                    Out* out) {
-  if (spatial == 1) {  // flat features: one scale per element
-    for (int64_t j = 0; j < channels; ++j) out[j] = static_cast<Out>(in[j] * scale[j]);
-    return;
-  }
-  for (int64_t c = 0; c < channels; ++c) {
-    const float s = scale[c];
-    const int8_t* in_c = in + c * spatial;
-    Out* out_c = out + c * spatial;
-    for (int64_t j = 0; j < spatial; ++j) out_c[j] = static_cast<Out>(in_c[j] * s);
-  }
-}
-
-// round-half-to-even (std::nearbyint in the default rounding mode) matches torch.round.
-template <typename In>
-void quantize_row(const In* in, const float* scale, int64_t channels, int64_t spatial,
-                  int8_t* out) {
-  for (int64_t c = 0; c < channels; ++c) {
-    const float s = scale[c];
-    for (int64_t j = c * spatial; j < (c + 1) * spatial; ++j) {
-      const float q = std::nearbyint(static_cast<float>(in[j]) / s);
-      out[j] = static_cast<int8_t>(std::clamp(q, -127.0f, 127.0f));
-    }
-  }
 }
 
 template <typename Fn>

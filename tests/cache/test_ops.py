@@ -22,8 +22,9 @@ needs_native = pytest.mark.skipif(not _extension.native_available(), reason="pha
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 STORAGE_DTYPES = FLOAT_DTYPES + [torch.int8]
-# (rows, channels, spatial): a feature map, flat features (spatial 1), a tiny table
-SHAPES = [(40, 4, 6), (25, 9, 1), (3, 2, 3)]
+# (rows, channels, spatial): feature maps with channel runs longer and shorter than a vector of 8,
+# flat features (spatial 1), a tiny table
+SHAPES = [(16, 3, 20), (40, 4, 6), (25, 9, 1), (3, 2, 3)]
 
 
 def native_op(name):
@@ -61,6 +62,24 @@ def test_gather_matches_reference(src_dtype, out_dtype, shape):
     out = torch.full_like(expected, float("nan"))
     native_op("gather_rows_out")(src, index, scale, out)
     assert torch.equal(out, expected)
+
+
+@needs_native
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16])
+def test_gather_rounds_like_torch_on_edge_values(out_dtype):
+    """Ties, overflow, subnormals, infinities and NaN convert as torch's .to() does (the vectorized
+    CPU path rounds on the bits, so check it where rounding is delicate)."""
+    tie_bf16 = 1 + 2.0**-8  # halfway between two bfloat16 values
+    tie_fp16 = 1 + 2.0**-11
+    edge = torch.tensor([tie_bf16, -tie_bf16, 1 + 3 * 2.0**-8, tie_fp16, 1 + 3 * 2.0**-11, 65520.0, 1e-8, 3e-39,
+                         -0.0, float("inf"), float("-inf"), float("nan"), 1e38, 2.0**-24, 2.0**-25, 0.1])
+    table = edge.repeat(3, 2)  # 32 elements per row: vector body and no tail
+    table = torch.cat([table, table[:, :13]], dim=1)  # and a 13-element scalar tail
+    gathered = torch.ops.phasenets.gather_rows(table, torch.tensor([2, 0]), None, out_dtype)
+    expected = table[[2, 0]].to(out_dtype)
+    nan = expected.isnan()
+    assert torch.equal(gathered.isnan(), nan)
+    assert torch.equal(gathered[~nan], expected[~nan])
 
 
 @pytest.mark.parametrize("out_dtype", FLOAT_DTYPES)
