@@ -78,7 +78,8 @@ def plot_features(
             features = model.blocks[k - 1](features)
             if k in blocks:
                 labels = classes if k == model.num_blocks else None
-                paths.append(_plot_block_output(features[0], k, out_dir / f"block{k}.png", Path(image_path).name, labels))
+                path = out_dir / f"block{k}.png"
+                paths.append(_plot_block_output(features[0], k, path, Path(image_path).name, labels))
     return paths
 
 
@@ -122,7 +123,8 @@ def _plot_block_output(output: torch.Tensor, k: int, path: Path, image_name: str
     if output.dim() == 3:
         tiles = [_stretch(channel).numpy() for channel in output[:MAX_MAPS]]
         shown = f" (first {len(tiles)} shown)" if len(tiles) < output.shape[0] else ""
-        title = f"{image_name}: block {k} output, {output.shape[0]} maps of {output.shape[1]} x {output.shape[2]}{shown}"
+        channels, height, width = output.shape
+        title = f"{image_name}: block {k} output, {channels} maps of {height} x {width}{shown}"
         return _save_grid(tiles, path, title, labels=[str(i) for i in range(len(tiles))], cmap="viridis")
     return _save_bars(output.flatten().numpy(), path, f"{image_name}: block {k} output ({output.numel()} values)",
                       labels)

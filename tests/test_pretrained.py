@@ -71,7 +71,8 @@ def vgg16_state(source: str, num_classes: int, device: str = "cpu") -> dict[str,
             _conv(state, f"features.{index}", item, in_channels, 3, bias=True)
             index, in_channels = index + 2, item
         if source == "torchvision":
-            shapes = {"classifier.0": (4096, 512 * 7 * 7), "classifier.3": (4096, 4096), "classifier.6": (num_classes, 4096)}
+            shapes = {"classifier.0": (4096, 512 * 7 * 7), "classifier.3": (4096, 4096),
+                      "classifier.6": (num_classes, 4096)}
         else:  # timm keeps the first two fully connected layers as convolutions
             shapes = {"pre_logits.fc1": (4096, 512, 7, 7), "pre_logits.fc2": (4096, 4096, 1, 1),
                       "head.fc": (num_classes, 4096)}
@@ -120,8 +121,10 @@ def test_only_the_chosen_blocks_are_filled(resnet18_weights):
         load_pretrained(model, resnet18_weights, blocks=[6])
 
 
-@pytest.mark.parametrize("suffix,wrapping", [(".pt", "plain"), (".pth", "state_dict"), (".pt", "model"),
-                                             (".pt", "ddp"), (".safetensors", "plain"), (".safetensors", "ddp")])
+@pytest.mark.parametrize("suffix,wrapping", [
+    (".pt", "plain"), (".pth", "state_dict"), (".pt", "model"), (".pt", "ddp"),
+    (".safetensors", "plain"), (".safetensors", "ddp"),
+])
 def test_weight_files(tmp_path, resnet18_weights, wrapping, suffix):
     if suffix == ".safetensors":
         safetensors = pytest.importorskip("safetensors.torch")
@@ -157,6 +160,12 @@ def test_nothing_matching_is_an_error(resnet18_weights):
     lenet = build_model("lenet5", 10).state_dict()
     with pytest.raises(PretrainedError, match=f"none of the {len(lenet)} phasenets weights fit resnet18"):
         load_pretrained(build_model("resnet18", 10, image_size=32), lenet)
+
+
+def test_wrapped_state_dict_in_memory(resnet18_weights):
+    wrapped = {f"module.{key}": value for key, value in resnet18_weights.items()}
+    report = load_pretrained(build_model("resnet18", 10, image_size=32), wrapped, strict=True)
+    assert report.source == "torchvision"
 
 
 def test_phasenets_state_dict_with_heads():
@@ -265,8 +274,9 @@ def test_timm_inception_v4_function_is_preserved():
     own, theirs = model.state_dict(), reference.state_dict()
     with torch.no_grad():
         for model_key, source_key, _, _ in report.mismatched:
-            for tensor, centre in ((theirs[source_key], theirs[source_key]), (own[model_key], theirs[source_key])):
-                tap = centre[:, :, centre.shape[2] // 2, centre.shape[3] // 2].clone()
+            source = theirs[source_key]
+            tap = source[:, :, source.shape[2] // 2, source.shape[3] // 2].clone()
+            for tensor in (source, own[model_key]):
                 tensor.zero_()
                 tensor[:, :, tensor.shape[2] // 2, tensor.shape[3] // 2] = tap
     _same_outputs(model, reference, 99)

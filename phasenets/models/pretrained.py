@@ -82,7 +82,8 @@ class LoadReport:
     def format(self, limit: int = 10) -> str:
         """A readable summary; at most ``limit`` keys of each kind are listed."""
         lines = [
-            f"weights from a {self.source} state dict: {len(self.loaded)} loaded, {len(self.missing)} missing, "
+            f"weights from a {self.source} state dict: {len(self.loaded)} loaded, "
+            f"{len(self.missing)} missing, "
             f"{len(self.unexpected)} unexpected, {len(self.mismatched)} shape mismatches, "
             f"{len(self.skipped)} skipped"
         ]
@@ -259,8 +260,8 @@ def _sequential_converter(model: BlockwiseNet, state_dict: Mapping[str, torch.Te
             converted[f"{target}.{leaf}"] = (f"{name}.{leaf}", value)
     notes = []
     if model.name == "alexnet" and source == "torchvision":
-        notes.append("torchvision's alexnet is the 64-192-384-256-256 'one weird trick' variant without local "
-                     "response normalization; its convolutions do not fit phasenets' 2012 alexnet")
+        notes.append("torchvision's alexnet is the 64-192-384-256-256 'one weird trick' variant without "
+                     "local response normalization; its convolutions do not fit phasenets' 2012 alexnet")
     return converted, unexpected, notes
 
 
@@ -282,7 +283,8 @@ def _tensors_kind(group: str, tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def _count_kinds(kinds: list[str]) -> str:
-    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("conv", "norm", "linear", "other") if kind in kinds)
+    order = ("conv", "norm", "linear", "other")
+    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in order if kind in kinds)
 
 
 def _natural(name: str) -> list:
@@ -297,14 +299,15 @@ def _natural(name: str) -> list:
 # channels through ("pool", offset in timm's concatenation).
 
 _INCEPTION_A = (
-    [("branches.0.1", "branch3.1", True), ("branches.1", "branch0", True), ("branches.2.0", "branch1.0", True),
-     ("branches.2.1", "branch1.1", False), ("branches.3.0", "branch2.0", True),
-     ("branches.3.1", "branch2.1", False), ("branches.3.2", "branch2.2", False)],
+    [("branches.0.1", "branch3.1", True), ("branches.1", "branch0", True),
+     ("branches.2.0", "branch1.0", True), ("branches.2.1", "branch1.1", False),
+     ("branches.3.0", "branch2.0", True), ("branches.3.1", "branch2.1", False),
+     ("branches.3.2", "branch2.2", False)],
     [("conv", 288, 96), ("conv", 0, 96), ("conv", 96, 96), ("conv", 192, 96)],
 )
 _REDUCTION_A = (
-    [("branches.1", "branch0", True), ("branches.2.0", "branch1.0", True), ("branches.2.1", "branch1.1", False),
-     ("branches.2.2", "branch1.2", False)],
+    [("branches.1", "branch0", True), ("branches.2.0", "branch1.0", True),
+     ("branches.2.1", "branch1.1", False), ("branches.2.2", "branch1.2", False)],
     [("pool", 640), ("conv", 0, 384), ("conv", 384, 256)],
 )
 _INCEPTION_B = (
@@ -319,15 +322,16 @@ _REDUCTION_B = (
     [("pool", 512), ("conv", 0, 192), ("conv", 192, 320)],
 )
 _INCEPTION_C = (
-    [("branches.0.1", "branch3.1", True), ("branches.1", "branch0", True), ("branches.2.0", "branch1_0", True),
-     ("branches.2.1.branches.0", "branch1_1a", False), ("branches.2.1.branches.1", "branch1_1b", False),
+    [("branches.0.1", "branch3.1", True), ("branches.1", "branch0", True),
+     ("branches.2.0", "branch1_0", True), ("branches.2.1.branches.0", "branch1_1a", False), ("branches.2.1.branches.1", "branch1_1b", False),
      ("branches.3.0", "branch2_0", True), ("branches.3.1", "branch2_1", False),
      ("branches.3.2", "branch2_2", False), ("branches.3.3.branches.0", "branch2_3a", False),
      ("branches.3.3.branches.1", "branch2_3b", False)],
     [("conv", 1280, 256), ("conv", 0, 256), ("conv", 256, 512), ("conv", 768, 512)],
 )
 # the stem concatenates in timm's order already, so its output needs no permutation
-_INCEPTION_STEM = [("0", "features.0"), ("1", "features.1"), ("2", "features.2"), ("3.branches.1", "features.3.conv"),
+_INCEPTION_STEM = [("0", "features.0"), ("1", "features.1"), ("2", "features.2"),
+                   ("3.branches.1", "features.3.conv"),
                    *[(f"4.branches.0.{i}", f"features.4.branch0.{i}") for i in range(2)],
                    *[(f"4.branches.1.{i}", f"features.4.branch1.{i}") for i in range(4)],
                    ("5.branches.0", "features.5.conv")]
@@ -408,7 +412,8 @@ def classifier_keys(model: BlockwiseNet) -> list[str]:
     last = [name for name, module in model.blocks[-1].named_modules() if isinstance(module, nn.Linear)]
     if not last:
         return []
-    prefix = f"blocks.{model.num_blocks - 1}" + (f".{last[-1]}" if last[-1] else "")  # "": the block is the Linear
+    # last[-1] is "" when the block itself is the Linear
+    prefix = f"blocks.{model.num_blocks - 1}" + (f".{last[-1]}" if last[-1] else "")
     return [key for key in model.state_dict() if key.rpartition(".")[0] == prefix]
 
 
@@ -438,6 +443,7 @@ def load_pretrained(
     Raises `PretrainedError` when nothing at all matches: wrong model or wrong file.
     """
     state_dict = read_weights(weights) if isinstance(weights, (str, Path)) else dict(weights)
+    state_dict = {_strip_wrapper(key): value for key, value in state_dict.items()}
     converted, unexpected, notes = convert_state_dict(model, state_dict, source)
     report = LoadReport(source=source if source != "auto" else detect_source(state_dict), notes=notes)
     own = model.state_dict()
@@ -461,7 +467,8 @@ def load_pretrained(
     report.unexpected = unexpected
     if not report.loaded:
         raise PretrainedError(
-            f"none of the {len(state_dict)} {report.source} weights fit {model.name}: the model has keys like "
+            f"none of the {len(state_dict)} {report.source} weights fit {model.name}: "
+            f"the model has keys like "
             f"{_quote(list(scope))}, the file has {_quote(list(state_dict))}. Is it the right architecture "
             f"(and source={source!r})?"
         )
@@ -486,7 +493,9 @@ def _keys_in_scope(model: BlockwiseNet, own: Mapping[str, torch.Tensor], blocks,
     numbers = range(1, model.num_blocks + 1) if blocks is None else sorted(set(blocks))
     for number in numbers:
         if not 1 <= number <= model.num_blocks:
-            raise PretrainedError(f"block {number} does not exist: {model.name} has blocks 1..{model.num_blocks}")
+            raise PretrainedError(
+                f"block {number} does not exist: {model.name} has blocks 1..{model.num_blocks}"
+            )
     prefixes = [f"blocks.{n - 1}." for n in numbers]
     if heads:
         prefixes += [f"heads.{n - 1}." for n in numbers if n < model.num_blocks]
