@@ -37,6 +37,8 @@ class TransferReport:
     weights: LoadReport
     source_model: dict[str, Any] | None = None   # a phasenets checkpoint's model record
     source_classes: list[str] | None = None
+    # a phasenets checkpoint's input statistics: reused frozen blocks expect inputs normalized this way
+    source_normalization: dict[str, list[float]] | None = None
     notes: list[str] = field(default_factory=list)
 
     def format(self) -> str:
@@ -112,9 +114,10 @@ def init_from(
     if path.is_dir():
         path = find_run_checkpoint(path)
     blocks = parse_blocks(reuse_blocks, model.num_blocks)
-    state_dict, record, classes = _read_source(path)
+    state_dict, payload = _read_source(path)
     weights = load_pretrained(model, state_dict, blocks=blocks, strict=strict)
-    report = TransferReport(path, blocks, [], weights, record, classes)
+    record = payload.get("model")
+    report = TransferReport(path, blocks, [], weights, record, payload.get("classes"), payload.get("normalization"))
     if record is not None and record.get("name") != model.name:
         report.notes.append(f"the source network is a {record.get('name')}, this one a {model.name}")
     reused = sorted({int(key.split(".")[1]) + 1 for key in weights.loaded})
@@ -128,16 +131,16 @@ def init_from(
     return report
 
 
-def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, list[str] | None]:
-    """The state dict of a checkpoint or weights file, with the checkpoint's model record and classes."""
+def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict of a checkpoint or weights file, and the rest of a checkpoint's payload ({} for a file)."""
     if path.suffix != ".safetensors":
         try:
             payload = load_checkpoint(path)
         except CheckpointError:  # a plain weights file; read_weights says what is wrong if it is neither
             pass
         else:
-            return payload["model_state"], payload.get("model"), list(payload.get("classes", [])) or None
-    return read_weights(path), None, None
+            return payload.pop("model_state"), payload
+    return read_weights(path), {}
 
 
 def block_lr_multipliers(

@@ -35,6 +35,7 @@ def test_reuse_and_freeze_blocks_of_a_run(lenet_run):
     assert report.source == lenet_run / "checkpoints" / "final.pt"
     assert report.blocks == report.frozen == [1, 2, 3]
     assert report.source_classes == ["ring", "square", "stripes"]
+    assert report.source_normalization == load_checkpoint(report.source)["normalization"]
     for k in (1, 2, 3):
         assert all(torch.equal(value, trained[key]) for key, value in _block_state(model, k).items())
         assert model.is_frozen(k)
@@ -60,7 +61,7 @@ def test_reuse_from_a_weights_file(lenet_run, tmp_path):
     safetensors.save_file({key: value.contiguous() for key, value in trained.items()}, str(path))
     model = build_model("lenet5", 3, image_size=16)
     report = init_from(model, path, reuse_blocks=[2], freeze_reused=True)
-    assert report.frozen == [2] and report.source_model is None
+    assert report.frozen == [2] and report.source_model is None and report.source_normalization is None
     assert torch.equal(model.blocks[1][0].weight, trained["blocks.1.0.weight"])
 
 
