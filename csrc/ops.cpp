@@ -3,7 +3,7 @@
 // and torch.compile see it.
 #include "checks.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 namespace phasenets {
@@ -25,9 +25,9 @@ at::Tensor compute_int8_scale(const at::Tensor& rows, int64_t channels) {
   TORCH_CHECK(rows.size(0) > 0, kScaleOp, ": rows is empty; the scale needs at least one row");
   const at::Tensor absmax =
       rows.detach().reshape({rows.size(0), channels, -1}).abs().amax({0, 2}).to(at::kFloat);
-  TORCH_CHECK(at::isfinite(absmax).all().item<bool>(), kScaleOp,
+  TORCH_CHECK(absmax.isfinite().all().item<bool>(), kScaleOp,
               ": rows hold NaN or infinite values, which int8 cannot represent");
-  return at::where(absmax > 0, absmax / 127.0f, at::ones_like(absmax));
+  return absmax.div(127.0f).masked_fill(absmax.eq(0), 1.0f);
 }
 
 }  // namespace

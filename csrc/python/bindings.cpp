@@ -3,7 +3,10 @@
 #include "../device_transfer.h"
 #include "../prefetcher.h"
 
-#include <torch/extension.h>
+// The narrow pybind11 headers (casters for Tensor, Device, dtype) rather than torch/extension.h,
+// which pulls in the whole C++ frontend and doubles the build time.
+#include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
 
 namespace py = pybind11;
 

@@ -179,7 +179,7 @@ def compute_int8_scale(rows: torch.Tensor, channels: int) -> torch.Tensor:
     absmax = rows.detach().reshape(rows.shape[0], channels, -1).abs().amax(dim=(0, 2)).float()
     if not bool(torch.isfinite(absmax).all()):
         raise RuntimeError(f"{SCALE}: rows hold NaN or infinite values, which int8 cannot represent")
-    return torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
+    return (absmax / 127.0).masked_fill(absmax == 0, 1.0)
 
 
 # --- prefetcher -------------------------------------------------------------------------------
