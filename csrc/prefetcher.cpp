@@ -18,7 +18,9 @@ constexpr const char* kOp = "phasenets.Prefetcher";
 Prefetcher::Prefetcher(at::Tensor storage, std::vector<at::Tensor> batches,
                        std::optional<at::Tensor> scale, at::ScalarType out_dtype, int64_t depth,
                        int64_t num_workers, std::optional<at::Device> device)
-    : storage_(std::move(storage)), out_dtype_(out_dtype), depth_(depth) {
+    // An alias of our own: the caller resizing or re-pointing its tensor cannot pull the table
+    // out from under the workers.
+    : storage_(storage.alias()), out_dtype_(out_dtype), depth_(depth) {
   check_storage(storage_, kOp, "storage");
   TORCH_CHECK(storage_.device().is_cpu(), kOp, ": storage must be on the CPU, got ",
               storage_.device(), " (a table already on the device is read with gather_rows)");
@@ -26,13 +28,15 @@ Prefetcher::Prefetcher(at::Tensor storage, std::vector<at::Tensor> batches,
   check_output_dtype(out_dtype, kOp);
   TORCH_CHECK(depth >= 1, kOp, ": depth must be at least 1, got ", depth);
   TORCH_CHECK(num_workers >= 1, kOp, ": num_workers must be at least 1, got ", num_workers);
-  if (scale.has_value()) scale_ = scale->contiguous();
+  // Private copies of the small inputs: an index changed in place after the bounds check would
+  // otherwise send a worker outside the table.
+  if (scale.has_value()) scale_ = scale->clone(at::MemoryFormat::Contiguous);
 
   batches_.reserve(batches.size());
   for (size_t i = 0; i < batches.size(); ++i) {
     const std::string where = std::string(kOp) + " (batch " + std::to_string(i) + ")";
     check_index(batches[i], storage_, where.c_str(), "storage");
-    at::Tensor index = batches[i].contiguous();
+    at::Tensor index = batches[i].clone(at::MemoryFormat::Contiguous);
     check_index_bounds(index.const_data_ptr<int64_t>(), index.numel(), storage_.size(0),
                        where.c_str(), "storage");
     max_rows_ = std::max(max_rows_, index.numel());
@@ -96,6 +100,7 @@ void Prefetcher::work() {
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
       if (!error_) error_ = std::current_exception();
+      stopping_ = true;  // the consumer only ever sees this error now: stop gathering
     }
     changed_.notify_all();
   }

@@ -216,7 +216,8 @@ class Prefetcher:
         self._finished = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._work, args=(storage, list(batches), scale, out_dtype, device),
+            # snapshots, as the native class takes: later in-place edits by the caller do not count
+            target=self._work, args=(storage, [index.clone() for index in batches], scale, out_dtype, device),
             name="phasenets-prefetch", daemon=True)
         self._thread.start()
 

@@ -361,6 +361,22 @@ def test_prefetcher_checks_batches_up_front(native, monkeypatch):
         ops.Prefetcher(table.to(torch.int8), batches[:2], None, torch.float32)
 
 
+@pytest.mark.parametrize("native", _prefetcher_backends(), ids=lambda n: "native" if n else "reference")
+def test_prefetcher_snapshots_its_batches(native, monkeypatch):
+    """Indices edited in place after construction (a reused buffer, say) neither change the
+    batches nor get past the bounds check."""
+    if not native:
+        monkeypatch.setattr(_extension, "native_available", lambda: False)
+    table, _ = make_table(10, 2, 2, torch.float32)
+    first, second = torch.tensor([0]), torch.tensor([1, 2, 3])
+    # depth 1: the native workers cannot start on `second` before `first` is handed out
+    prefetcher = ops.Prefetcher(table, [first, second], None, torch.float32, depth=1)
+    second.fill_(10**9)
+    assert torch.equal(next(prefetcher), table[[0]])
+    assert torch.equal(next(prefetcher), table[[1, 2, 3]])
+    prefetcher.close()
+
+
 def test_reference_prefetcher_raises_worker_errors(monkeypatch):
     def broken_gather(*args):
         raise RuntimeError("disk read failed")

@@ -89,6 +89,17 @@ void recycles_released_buffers() {
   EXPECT(buffers.size() <= 4);
 }
 
+void snapshots_index_batches() {
+  const at::Tensor table = at::randn({10, 4});
+  std::vector<at::Tensor> batches = {int64s({0}), int64s({1, 2, 3})};
+  // depth 1: batch 1 is gathered only after batch 0 is handed out, i.e. after the edit below
+  Prefetcher prefetcher(table, batches, std::nullopt, at::kFloat, 1, 1, std::nullopt);
+  batches[1].fill_(1LL << 40);
+  EXPECT(prefetcher.next().has_value());
+  const auto second = prefetcher.next();
+  EXPECT(second.has_value() && at::equal(*second, table.index_select(0, int64s({1, 2, 3}))));
+}
+
 void rejects_bad_input_up_front() {
   const at::Tensor table = at::randn({10, 4});
   const std::vector<at::Tensor> batches = {int64s({0, 9}), int64s({10})};
@@ -113,6 +124,7 @@ int main() {
       {"closes_mid_iteration", closes_mid_iteration},
       {"destructs_with_workers_waiting", destructs_with_workers_waiting},
       {"recycles_released_buffers", recycles_released_buffers},
+      {"snapshots_index_batches", snapshots_index_batches},
       {"rejects_bad_input_up_front", rejects_bad_input_up_front},
   });
 }
