@@ -33,6 +33,9 @@ AUGMENT_PRESETS = ("none", "light", "standard")
 HEADS = ("linear", "mlp", "conv")
 MONITORS = ("accuracy", "loss")
 DEVICES = ("auto", "cpu", "cuda")
+CACHE_MODES = ("off", "auto", "cuda", "host", "disk")
+CACHE_DTYPES = ("fp32", "fp16", "bf16", "int8")
+BAD_IMAGE_ACTIONS = ("error", "skip")
 
 # Keras' defaults, which seed 000 relied on when --lr was not given.
 DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3, "adamw": 1e-3, "sgd": 0.01}
@@ -103,7 +106,33 @@ class TrainConfig:
     progressive_lr_decay: float = _option(
         0.5, "progressive schedule: each block older than the newest trains at this factor times the next one's lr"
     )
-    block_lr_multipliers: list = _option([], "per-block learning-rate factors, one per block, comma separated")
+    block_lr_multipliers: list = _option(
+        [], "per-block learning-rate factors, one per block, comma separated (ModNet: --block-lr 0.4,0.65,1)"
+    )
+    layer_decay: float | None = _option(
+        None, "per-block learning rates by layer-wise decay: block k of n trains at decay**(n-k) times the rate"
+    )
+
+    # curriculum and transfer (ModNet task chaining)
+    init_from: str | None = _option(
+        None, "start a new task from the blocks of a run directory, checkpoint or weights file (.safetensors/.pt)"
+    )
+    reuse_blocks: str | None = _option(None, "blocks --init-from copies: 1-3, 1,2,4 or all [default: all]")
+    freeze_reused: bool = _option(False, "keep the blocks copied by --init-from frozen in every phase")
+    hierarchy: str | None = _option(
+        None, "class-hierarchy YAML (superclass: [classes]): train on its groups instead of the class folders"
+    )
+    hierarchy_level: int | None = _option(None, "hierarchy level to train at, 1 = top [default: 1, or the level below --hierarchy-within]")
+    hierarchy_within: str | None = _option(None, "train only on the classes of this superclass, labelled by its children")
+
+    # the data preflight
+    on_bad_image: str = _option(
+        "error", "what the preflight does with unreadable images: stop with their list, or leave them out",
+        choices=BAD_IMAGE_ACTIONS,
+    )
+    skip_preflight: bool = _option(
+        False, "UNSAFE: start without checking every image first; a corrupt file then stops training midway"
+    )
 
     # optimization
     optimizer: str = _option("adadelta", "optimizer", choices=OPTIMIZERS)
@@ -132,11 +161,34 @@ class TrainConfig:
     num_threads: int | None = _option(
         None, "CPU threads of each training process (default: torch's; 1 suits small models on few cores)"
     )
-    num_gpus: int = _option(1, "GPUs to train on (more than one: start the run under torchrun)")
+    nproc: int = _option(
+        1, "training processes on this machine, started by `phasenets train` itself: one per GPU (NCCL), "
+        "or CPU processes sharing the cores (gloo) where there is no GPU; under torchrun leave it at 1 "
+        "or give torchrun's --nproc_per_node (seed 000: --num_gpu)"
+    )
+    dist_timeout: float = _option(
+        600.0, "seconds a collective may wait for another process before the whole job fails"
+    )
+    channels_last: bool = _option(False, "channels-last memory layout for the model and its inputs (faster convs on GPUs)")
+    compile: bool = _option(False, "torch.compile the trainable blocks of each phase (slow first steps, faster after)")
     use_test: bool = _option(False, "evaluate the test split after each phase")
     output: str | None = _option(None, "run directory (default: runs/<model>-<schedule>-<timestamp>)")
     resume: str | None = _option(None, "continue the killed run in this run directory from its last completed epoch")
     tensorboard: bool = _option(True, "write TensorBoard events when tensorboard is installed")
+
+    # the feature cache: later phases read the frozen prefix's outputs instead of recomputing them
+    cache: str = _option(
+        "auto", "where frozen blocks' outputs are cached (auto: the fastest tier they fit in, off where no phase "
+        "has a frozen prefix)", choices=CACHE_MODES,
+    )
+    cache_views: int | None = _option(
+        None, "augmented views cached per training image [default: 1 without augmentation, else min(4, max_epochs)]"
+    )
+    cache_dtype: str = _option("fp16", "storage dtype of cached features", choices=CACHE_DTYPES)
+    cache_dir: str | None = _option(
+        None, "where disk caches go; share it between runs to reuse their caches [default: <run dir>/cache]"
+    )
+    cache_budget_gb: float | None = _option(None, "the most GPU or host memory the cache may take, in GiB")
 
     def __post_init__(self) -> None:
         for name, kind in _field_types().items():
@@ -163,7 +215,11 @@ class TrainConfig:
         _check(self.start_phase >= 1, f"start_phase must be at least 1, got {self.start_phase}")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be at least 1, got {self.num_threads}")
-        _check(self.num_gpus >= 1, f"num_gpus must be at least 1, got {self.num_gpus}")
+        _check(self.nproc >= 1, f"nproc must be at least 1, got {self.nproc}")
+        _check(self.dist_timeout > 0, f"dist_timeout must be positive seconds, got {self.dist_timeout}")
+        _check(self.cache_views is None or self.cache_views >= 1, f"cache_views must be at least 1, got {self.cache_views}")
+        _check(self.cache_budget_gb is None or self.cache_budget_gb > 0,
+               f"cache_budget_gb must be positive, got {self.cache_budget_gb}")
         for name in ("patience", "finetune_epochs", "weight_decay", "lr_decay", "label_smoothing"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.label_smoothing < 1, f"label_smoothing must be below 1, got {self.label_smoothing}")
@@ -171,14 +227,30 @@ class TrainConfig:
         _check(self.lr_step_size > 0, f"lr_step_size must be positive, got {self.lr_step_size}")
         for name in ("finetune_lr_scale", "progressive_lr_decay", "lr_gamma"):
             _check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
-        _check(
-            all(factor >= 0 for factor in self.block_lr_multipliers),
-            f"block_lr_multipliers must be >= 0, got {self.block_lr_multipliers}",
-        )
+        self._validate_transfer()
         _check(
             self.start_phase == 1 or self.ckpt_dir is not None or self.resume is not None,
             f"start_phase={self.start_phase} needs --ckpt-dir with the weights of the earlier phases",
         )
+
+    def _validate_transfer(self) -> None:
+        """Per-block rates, ``init_from`` and the hierarchy options, checked before any data is read."""
+        from phasenets.train.transfer import block_lr_multipliers
+
+        try:  # the same rule the plan applies once the number of blocks is known
+            block_lr_multipliers(len(self.block_lr_multipliers) or 1, self.block_lr_multipliers or None,
+                                 self.layer_decay)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        _check(self.init_from is None or self.ckpt_dir is None,
+               "init_from and ckpt_dir both give starting weights: --ckpt-dir continues the same task at "
+               "--start-phase, --init-from starts a new task from an earlier one's blocks; give one")
+        _check(self.init_from is not None or (self.reuse_blocks is None and not self.freeze_reused),
+               "reuse_blocks and freeze_reused choose among the blocks of --init-from: give --init-from too")
+        _check(self.hierarchy is not None or (self.hierarchy_level is None and self.hierarchy_within is None),
+               "hierarchy_level and hierarchy_within need --hierarchy FILE")
+        _check(self.hierarchy_level is None or self.hierarchy_level >= 1,
+               f"hierarchy_level counts from 1 (the top), got {self.hierarchy_level}")
 
     @property
     def learning_rate(self) -> float:
@@ -237,8 +309,10 @@ SEED_ALIASES = {
     "max_epoch": "max_epochs",
     "rand_seed": "seed",
     "dr": "lr_decay",
-    "num_gpu": "num_gpus",
+    "num_gpu": "nproc",
 }
+# short names of long fields (ModNet's per-block rates), as dashed flags and as config keys
+SHORT_ALIASES = {"block_lr": "block_lr_multipliers"}
 # seed 000's flags that are spelled like a field, with underscores
 SEED_FIELD_FLAGS = ("dataset_name", "num_classes", "data_dir", "image_size", "batch_size", "ckpt_dir",
                     "start_phase", "optimizer", "lr", "use_test")
@@ -259,9 +333,9 @@ def _canonical_options(values: Mapping[str, Any]) -> dict[str, Any]:
         if name == "freeze_layers":
             freeze_layers = parse_bool(value)
             continue
-        name = SEED_ALIASES.get(name, name)
+        name = SEED_ALIASES.get(name, SHORT_ALIASES.get(name, name))
         if name not in names:
-            valid = sorted(names | set(SEED_ALIASES) | {"freeze_layers"})
+            valid = sorted(names | set(SEED_ALIASES) | set(SHORT_ALIASES) | {"freeze_layers"})
             raise ConfigError(f"unknown option {key!r}; valid options: {', '.join(valid)}")
         options[name] = value
     if freeze_layers is not None:
@@ -342,6 +416,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             flags.append("--" + item.name)
         if item.name in seed_spelling:
             flags.append("--" + seed_spelling[item.name])
+        flags += ["--" + alias.replace("_", "-") for alias, name in SHORT_ALIASES.items() if name == item.name]
         kind = _field_types()[item.name]
         kwargs: dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS, "help": _help(item)}
         if typing.get_origin(kind) is None and kind is bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -28,10 +29,13 @@ from tqdm import tqdm
 
 from phasenets.config import ConfigError, TrainConfig
 from phasenets.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from phasenets.train.curriculum import plan_around_frozen, task_record, task_splits
 from phasenets.train.distributed import DistributedContext
+from phasenets.train.feature_levels import CacheSettings, FeatureLevels, SplitFeed
 from phasenets.train.metrics import MetricTracker, SplitMetrics, per_class_accuracy
 from phasenets.train.optim import build_lr_scheduler, build_optimizer
 from phasenets.train.plan import Phase, build_plan
+from phasenets.train.preflight import apply_report, check_images
 from phasenets.train.run_log import RunLog, plot_history, truncate_metrics
 from phasenets.train.sources import FrozenPrefixSource
 
@@ -170,32 +174,43 @@ class PhaseTrainer:
     def fit(self) -> TrainResult:
         cfg = self.config
         started = time.perf_counter()
-        self.dist = DistributedContext.from_environment(cfg.device)
-        if cfg.num_gpus > 1 and not self.dist.distributed:
+        self.dist = DistributedContext.from_environment(cfg.device, timeout_s=cfg.dist_timeout)
+        if cfg.nproc > 1 and cfg.nproc != self.dist.local_world_size:
             raise ConfigError(
-                f"num_gpus={cfg.num_gpus}: start the run with torchrun --nproc_per_node {cfg.num_gpus} -m phasenets train ..."
+                f"nproc={cfg.nproc}, but this process is one of {self.dist.local_world_size} on its machine: "
+                f"`phasenets train --nproc {cfg.nproc}` starts the processes itself, or under torchrun "
+                "leave nproc at 1 (torchrun's --nproc_per_node decides)"
             )
         threads = torch.get_num_threads()
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
+        self.feature_levels = None
         try:
-            return self._fit(started)
+            result = self._fit(started)
         finally:
+            if self.feature_levels is not None:
+                self.feature_levels.close()
             torch.set_num_threads(threads)
-            self.dist.close()
+        self.dist.close()  # after a failure the launcher stops the other ranks instead
+        return result
 
     def _fit(self, started: float) -> TrainResult:
         cfg = self.config
         device = self.dist.device
         _seed_everything(cfg.seed, cfg.deterministic)
-        self.data = _scan(cfg)
+        self.data = self._task_data()
         self.run_dir = self._prepare_run_dir()
         start = self._start_point()
         self.model = self._build_model(start).to(device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # conv weights; inputs follow in _layout
         self.normalization = self._normalization(start)
-        self.plan = build_plan(cfg, self.model.num_blocks)
+        self.plan, skipped = plan_around_frozen(build_plan(cfg, self.model.num_blocks), self.frozen_blocks)
+        for phase in skipped:
+            self._info("%s skipped: it would train only reused frozen blocks", phase.name)
         self.loaders = {split: self._loader(split) for split in ("train", "validation", "test") if self.data.split(split)}
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.feature_levels = self._feature_levels()
         self.run_log = self._open_log(start) if self.dist.is_main else None
         if self.dist.is_main:
             self._resolved_config().save(self.run_dir / "config.yaml")
@@ -212,11 +227,12 @@ class PhaseTrainer:
 
     def _train_phase(self, phase: Phase, resumed: dict | None, done: list[PhaseResult]) -> PhaseResult:
         """Train one phase to its end and leave the network on the phase's best weights."""
+        self.dist.barrier()  # every rank is done with the previous phase and its cache build
         run = self._start_phase(phase, done)
         if resumed is not None:
             self._resume_phase(run, resumed)
         self._info("%s/%d: training blocks %d-%d (%d trainable parameters), %d frozen", phase.name,
-                 len(self.plan), phase.first_block, phase.last_block,
+                 self.plan[-1].index, phase.first_block, phase.last_block,
                  sum(p.numel() for p in run.stage.parameters() if p.requires_grad), phase.frozen_prefix)
         while run.epoch < phase.max_epochs and not run.stopper.should_stop:
             run.epoch += 1
@@ -242,7 +258,8 @@ class PhaseTrainer:
         """Freeze all but the phase's blocks; a fresh optimizer and schedule for them and their head."""
         cfg, model = self.config, self.model
         for block in range(1, model.num_blocks + 1):
-            (model.unfreeze_block if block in phase.trainable_blocks else model.freeze_block)(block)
+            trains = block in phase.trainable_blocks and block not in self.frozen_blocks
+            (model.unfreeze_block if trains else model.freeze_block)(block)
         stage = PhaseStage(model, phase)
         optimizer = build_optimizer(
             cfg, [(model.blocks[k - 1], scale) for k, scale in zip(phase.trainable_blocks, phase.block_lr_scales)]
@@ -250,7 +267,7 @@ class PhaseTrainer:
         )
         train_source = self._source("train", phase)
         return _PhaseRun(
-            phase=phase, stage=stage, trainable=self.dist.wrap(stage), train_source=train_source,
+            phase=phase, stage=stage, trainable=self.dist.wrap(stage, compile=cfg.compile), train_source=train_source,
             optimizer=optimizer, scheduler=build_lr_scheduler(cfg, optimizer, len(train_source), phase.max_epochs),
             scaler=torch.amp.GradScaler(self.dist.device.type, enabled=cfg.amp == "fp16"),
             criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
@@ -311,7 +328,7 @@ class PhaseTrainer:
         batches = tqdm(run.train_source, desc=f"{run.phase.name} epoch {run.epoch}", leave=False, disable=not show)
         for inputs, labels, _ in batches:
             with self._autocast():
-                logits = run.trainable(inputs).float()
+                logits = run.trainable(self._layout(inputs)).float()
             loss = run.criterion(logits, labels)
             run.optimizer.zero_grad(set_to_none=True)
             run.scaler.scale(loss).backward()
@@ -330,7 +347,7 @@ class PhaseTrainer:
         tracker = MetricTracker(self.model.num_classes, self.dist.device)
         for inputs, labels, _ in source:
             with self._autocast():
-                logits = forward(inputs).float()
+                logits = forward(self._layout(inputs)).float()
             tracker.update(logits, labels, criterion(logits, labels))
         tracker.reduce(self.dist.all_reduce_sum)
         self.model.train(was_training)
@@ -366,6 +383,20 @@ class PhaseTrainer:
     # ------------------------------------------------------------------------------------------
     # setup
 
+    def _task_data(self):
+        """The dataset as this task sees it (``--hierarchy``), after the preflight (rank 0 checks)."""
+        cfg = self.config
+        if cfg.data_dir is None:
+            raise ConfigError("data_dir is required: the folder holding train/ and validation/ (--data-dir DIR)")
+        self.task = task_record(cfg)
+        splits = task_splits(cfg.data_dir, self.task, val_split=cfg.val_split, seed=cfg.seed)
+        if cfg.skip_preflight:
+            self._info("preflight skipped (--skip-preflight): an unreadable image stops training when reached")
+            return splits
+        kept_in = cfg.resume or cfg.output  # where an earlier start of this run kept its report
+        report = check_images(splits, cfg.image_size, Path(kept_in) if kept_in else None) if self.dist.is_main else None
+        return apply_report(splits, self.dist.broadcast_object(report), cfg.on_bad_image)
+
     def _prepare_run_dir(self) -> Path:
         cfg = self.config
         if cfg.resume is not None:
@@ -381,6 +412,7 @@ class PhaseTrainer:
         else:
             stamp = self.dist.broadcast_object(datetime.now().strftime("%Y%m%d-%H%M%S"))
             run_dir = Path("runs") / f"{cfg.model}-{cfg.schedule}-{stamp}"
+        self.dist.barrier()  # every rank has checked the folder before rank 0 creates it
         if self.dist.is_main:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
@@ -422,13 +454,37 @@ class PhaseTrainer:
                 raise ConfigError(f"the checkpoint was trained on classes {start.checkpoint['classes']}, "
                                   f"the data has {self.data.classes}")
             model.load_state_dict(start.checkpoint["model_state"])
+        self._reuse_blocks(model, start)
         return model
+
+    def _reuse_blocks(self, model: nn.Module, start: _StartPoint) -> None:
+        """``--init-from``: copy an earlier task's blocks into a new model; decide which blocks never train.
+
+        A continued run (``--resume``, ``--ckpt-dir``) has its weights already and keeps the frozen
+        blocks its checkpoint lists (freezing is not part of a state dict).
+        """
+        from phasenets.train.transfer import init_from
+
+        self.transfer = None
+        self.frozen_blocks: list[int] = []
+        if start.checkpoint is not None:
+            self.frozen_blocks = list(start.checkpoint.get("frozen_blocks", []))
+        elif self.config.init_from is not None:
+            cfg = self.config
+            self.transfer = init_from(model, cfg.init_from, cfg.reuse_blocks, cfg.freeze_reused)
+            self.frozen_blocks = self.transfer.frozen
+            self._info("%s", self.transfer.format())
 
     def _normalization(self, start: _StartPoint):
         from phasenets.data.transforms import Normalization, compute_normalization
 
         if start.checkpoint is not None:  # keep the statistics the earlier weights were trained with
             return Normalization(**start.checkpoint["normalization"])
+        reused = self.transfer.source_normalization if self.transfer is not None and 1 in self.transfer.blocks else None
+        if reused is not None and len(reused["mean"]) == self.in_channels:
+            self._info("normalization of %s (block 1 comes from it): mean %s std %s", self.transfer.source,
+                       reused["mean"], reused["std"])
+            return Normalization(**reused)
         return compute_normalization(self.data.train, self.config.normalization, self.image_size, self.in_channels)
 
     @property
@@ -439,34 +495,85 @@ class PhaseTrainer:
     def in_channels(self) -> int:
         return self.model.input_shape[0]
 
-    def _loader(self, split: str):
-        from phasenets.data import build_loader
+    def _augment(self, split: str):
         from phasenets.data.transforms import AugmentConfig
 
+        if split != "train":
+            return None
+        augment = AugmentConfig.preset(self.config.augment)
+        if self.config.augment_options:
+            augment = _replace_augment(augment, self.config.augment_options)
+        return augment
+
+    def _batching(self, split: str) -> dict[str, Any]:
+        """How the training loop batches ``split`` (a cached source batches the same way)."""
         cfg = self.config
         training = split == "train"
-        augment = None
-        if training:
-            augment = AugmentConfig.preset(cfg.augment)
-            if cfg.augment_options:
-                augment = _replace_augment(augment, cfg.augment_options)
-        samples = self.data.split(split)
-        return build_loader(
-            samples, kind=cfg.loader, image_size=self.image_size, in_channels=self.in_channels, augment=augment,
-            normalization=self.normalization, batch_size=cfg.batch_size, shuffle=training, seed=cfg.seed,
-            num_workers=cfg.num_workers,
+        return dict(
+            batch_size=cfg.batch_size, shuffle=training, seed=cfg.seed,
             # a last batch of one image would break batch norm in training mode
-            drop_last=training and len(samples) % (cfg.batch_size * self.dist.world_size) == 1,
-            rank=self.dist.rank, world_size=self.dist.world_size,
+            drop_last=training and len(self._samples(split)) % cfg.batch_size == 1,
+            rank=0, world_size=1,  # the samples are this rank's shard already
         )
 
-    def _source(self, split: str, phase: Phase) -> FrozenPrefixSource:
+    def _samples(self, split: str) -> list:
+        """This process's fixed shard of ``split`` (all of it in one process), the same every epoch
+        so that a rank can cache its own shard; a training shard is padded to equal length so
+        that every rank takes the same number of steps (distributed.py)."""
+        return self.dist.shard(self.data.split(split), pad=split == "train")
+
+    def _loader(self, split: str, every_sample: bool = False):
+        """The loader of ``split``; ``every_sample``: one pass over the whole split in one process
+        (building a cache), shuffled so that an int8 cache sets its scale from a typical batch."""
+        from phasenets.data import build_loader
+
+        cfg = self.config
+        batching = self._batching(split)
+        if every_sample:
+            batching.update(shuffle=True, drop_last=False, rank=0, world_size=1)
+        return build_loader(
+            self._samples(split), kind=cfg.loader, image_size=self.image_size, in_channels=self.in_channels,
+            augment=self._augment(split), normalization=self.normalization, num_workers=cfg.num_workers, **batching,
+        )
+
+    def _feature_levels(self) -> FeatureLevels:
+        """The level caches later phases read their frozen prefix from (see feature_levels.py)."""
+        cfg = self.config
+        feeds = {split: self._split_feed(split, loader) for split, loader in self.loaders.items()}
+        settings = CacheSettings.from_config(cfg, self.run_dir, feeds["train"].augmented)
+        return FeatureLevels(self.model, feeds, settings, self.plan, self.dist.device, autocast=self._autocast,
+                             seed=cfg.seed, world_size=self.dist.world_size, info=self._info,
+                             show_progress=self.dist.is_main and sys.stdout.isatty())
+
+    def _split_feed(self, split: str, loader) -> SplitFeed:
+        augment = self._augment(split)
+        augmented = augment is not None and augment.enabled
+        preprocessing = {  # everything that makes the images (the augmentation seed only where it matters)
+            "image_size": self.image_size, "in_channels": self.in_channels, "normalization": self.normalization,
+            "augment": augment, "seed": self.config.seed if augmented else None, "amp": self.config.amp,
+            "loader": type(loader).__name__,
+        }
+        return SplitFeed(labels=torch.tensor([sample.label for sample in self._samples(split)]),
+                         manifest=self.data.manifest(split), make_loader=functools.partial(self._loader, split, True),
+                         batching=self._batching(split), preprocessing=preprocessing, augmented=augmented)
+
+    def _source(self, split: str, phase: Phase):
+        """Phase ``phase``'s inputs: read from a level cache where there is one, else recomputed."""
+        cached = self.feature_levels.source(split, phase)
+        if cached is not None:
+            return cached
         return FrozenPrefixSource(self.loaders[split], self.model, phase.frozen_prefix, self.dist.device, self._autocast)
 
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.dist.device.type, dtype=self.amp_dtype)
+
+    def _layout(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Channels-last inputs where asked (4-D only: flat features have no channel layout)."""
+        if self.config.channels_last and inputs.dim() == 4:
+            return inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
 
     def _open_log(self, start: _StartPoint) -> RunLog:
         csv_path = self.run_dir / "metrics.csv"
@@ -501,7 +608,7 @@ class PhaseTrainer:
             "model_state": self.model.state_dict(), "model": self._model_record(), "classes": self.data.classes,
             "normalization": {"mean": list(self.normalization.mean), "std": list(self.normalization.std)},
             "config": self._resolved_config().to_dict(), "phase": phase.index, "phase_name": phase.name,
-            "rng": capture_rng_state(), **state,
+            "task": self.task, "frozen_blocks": self.frozen_blocks, "rng": capture_rng_state(), **state,
         }
 
     def _save(self, phase: Phase, kind: str, state: dict[str, Any]) -> None:
@@ -521,14 +628,6 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-
-
-def _scan(cfg: TrainConfig):
-    from phasenets.data.layout import scan_dataset
-
-    if cfg.data_dir is None:
-        raise ConfigError("data_dir is required: the folder holding train/ and validation/ (--data-dir DIR)")
-    return scan_dataset(cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed)
 
 
 def _replace_augment(augment, options: dict[str, Any]):

@@ -1,0 +1,140 @@
+"""Training later phases from level caches: same results as recomputing the frozen prefix,
+disk caches reused by ``--resume``, anything stale rebuilt, ``auto`` off where it cannot pay."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from phasenets.config import ConfigError
+from phasenets.models import BlockwiseNet
+from phasenets.train import PhaseTrainer
+from phasenets.train.checkpoint import load_checkpoint, save_checkpoint
+from phasenets.train.feature_levels import CachedFeatureSource, default_cache_views
+from phasenets.train.sources import FrozenPrefixSource
+
+from conftest import CLASSES, IMAGE_SIZE, tiny_config
+
+
+def dropout_free_net() -> BlockwiseNet:
+    """The tiny net without dropout: dropout masks come from the global RNG, which the image loader
+    also draws from (one number per DataLoader iterator) and a cached source does not, so with
+    dropout the two paths would see different masks although their features are the same."""
+    torch.manual_seed(0)
+    blocks = [
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, len(CLASSES))),
+    ]
+    return BlockwiseNet.from_modules(blocks, len(CLASSES), (1, IMAGE_SIZE, IMAGE_SIZE))
+
+
+def _fit(data, output, **options):
+    trainer = PhaseTrainer(tiny_config(data, output, patience=0, **options), model=dropout_free_net())
+    return trainer, trainer.fit()
+
+
+def _losses(result) -> list[float]:
+    return [phase.validation["loss"] for phase in result.phases]
+
+
+@pytest.fixture(scope="module")
+def recomputed(tiny_data, tmp_path_factory):
+    return _fit(tiny_data, tmp_path_factory.mktemp("runs") / "off", cache="off")
+
+
+def test_fp32_cache_trains_like_recomputing(tiny_data, tmp_path, recomputed):
+    # Same samples, same order, same batches, same features: only float rounding could differ (a
+    # conv kernel may pick another algorithm for another batch make-up). On CPU it is bitwise.
+    trainer, cached = _fit(tiny_data, tmp_path / "host", cache="host", cache_dtype="fp32")
+    assert trainer.feature_levels.builds == 2 * 3  # levels 1 and 2, three splits each
+    assert _losses(cached) == pytest.approx(_losses(recomputed[1]), rel=1e-6)
+    reference = recomputed[1].model.state_dict()
+    for name, value in cached.model.state_dict().items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-6)
+
+
+def test_fp16_cache_matches_within_fp16_rounding(tiny_data, tmp_path):
+    # Training amplifies any difference step by step, so the comparison is on what the phase
+    # reads: fp16 storage is the recomputed prefix rounded to 11 significant bits.
+    trainer, _ = _fit(tiny_data, tmp_path / "fp16", cache="host", cache_dtype="fp16", max_epochs=1)
+    levels, phase = trainer.feature_levels, trainer.plan[2]
+    source = levels.source("validation", phase)
+    assert isinstance(source, CachedFeatureSource) and source.cache.dtype == "fp16"
+    exact = FrozenPrefixSource(trainer.loaders["validation"], trainer.model, phase.frozen_prefix, torch.device("cpu"))
+    for (features, labels, indices), (expected, expected_labels, expected_indices) in zip(source, exact):
+        assert torch.equal(indices, expected_indices) and torch.equal(labels, expected_labels)
+        torch.testing.assert_close(features, expected, rtol=2**-10, atol=1e-6)
+    levels.close()
+
+
+def test_resume_reuses_the_disk_cache_and_a_changed_weight_rebuilds(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    first, _ = _fit(tiny_data, run, cache="disk")
+    assert first.feature_levels.builds == 6 and sorted(p.name for p in (run / "cache").glob("*.pncache")) == [
+        f"level{level}-{split}.pncache" for level in (1, 2) for split in ("test", "train", "validation")]
+
+    # forget phase 3: resuming starts it again and needs level 2, which is on disk
+    resumable = tmp_path / "resumable"
+    shutil.copytree(run, resumable)
+    for path in (resumable / "checkpoints").glob("phase3-*.pt"):
+        path.unlink()
+    resumed, _ = _fit(tiny_data, resumable, cache="disk", resume=str(resumable))
+    assert (resumed.feature_levels.builds, resumed.feature_levels.reuses) == (0, 3)
+
+    # one ulp more in one frozen weight of block 1: every level-2 cache is stale
+    checkpoint_path = resumable / "checkpoints" / "phase2-last.pt"
+    checkpoint = load_checkpoint(checkpoint_path)
+    weight = checkpoint["model_state"]["blocks.0.0.weight"]
+    weight.view(-1)[0] = torch.nextafter(weight.view(-1)[0], torch.tensor(float("inf")))
+    save_checkpoint(checkpoint_path, checkpoint)
+    for path in (resumable / "checkpoints").glob("phase3-*.pt"):
+        path.unlink()
+    changed, _ = _fit(tiny_data, resumable, cache="disk", resume=str(resumable))
+    assert (changed.feature_levels.builds, changed.feature_levels.reuses) == (3, 0)
+
+
+def test_auto_stays_off_without_a_frozen_prefix(tiny_data, tmp_path):
+    trainer, _ = _fit(tiny_data, tmp_path / "standard", schedule="standard", max_epochs=1)
+    assert not trainer.feature_levels.enabled and trainer.feature_levels.builds == 0
+    with pytest.raises(ConfigError, match="no phase has a frozen prefix"):
+        _fit(tiny_data, tmp_path / "forced", schedule="progressive", cache="host", max_epochs=1)
+
+
+def test_auto_caches_a_phasewise_run(tiny_data, tmp_path):
+    trainer, _ = _fit(tiny_data, tmp_path / "auto", max_epochs=1)
+    assert trainer.feature_levels.enabled and trainer.feature_levels.builds == 6
+    assert not (tmp_path / "auto" / "cache").exists()  # small enough for RAM: no file written
+    assert trainer.feature_levels.wait_fraction("phase 2") is not None
+
+
+def test_augmented_views_are_the_loader_views(tiny_data, tmp_path):
+    trainer, _ = _fit(tiny_data, tmp_path / "views", cache="host", cache_dtype="fp32", augment="light",
+                      cache_views=3, max_epochs=1)
+    levels, phase = trainer.feature_levels, trainer.plan[1]
+    source = levels.source("train", phase)
+    assert source.cache.views == 3 and len(source) == len(trainer.loaders["train"])
+    loader = trainer._loader("train", every_sample=True)
+    for view in range(3):
+        loader.set_view(view)
+        images, _, indices = next(iter(loader))
+        with torch.no_grad():
+            expected = trainer.model.blocks[0](images)
+        torch.testing.assert_close(source.cache.read(indices, views=view), expected, rtol=1e-5, atol=1e-6)
+    # each epoch draws one view per sample, reproducibly, and over epochs every view gets drawn
+    draws = []
+    for epoch in range(4):
+        source.set_epoch(epoch)
+        draws.append(source.epoch_views())
+    source.set_epoch(0)
+    assert torch.equal(source.epoch_views(), draws[0])
+    assert set(torch.cat(draws).tolist()) == {0, 1, 2}
+    levels.close()
+
+
+def test_default_views():
+    assert default_cache_views(augmenting=False, max_epochs=50) == 1
+    assert default_cache_views(augmenting=True, max_epochs=50) == 4
+    assert default_cache_views(augmenting=True, max_epochs=2) == 2
