@@ -7,10 +7,12 @@ its own ``_run_<command>`` function, so a new command is two functions and one l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -35,8 +37,12 @@ def _add_train(commands) -> argparse.ArgumentParser:
 def _run_train(args: argparse.Namespace) -> int:
     from phasenets.config import config_from_args
     from phasenets.train import PhaseTrainer
+    from phasenets.train.launch import inside_launcher, launch_training
 
-    result = PhaseTrainer(config_from_args(args)).fit()
+    config = config_from_args(args)
+    if config.nproc > 1 and not inside_launcher():
+        return launch_training(config)  # starts `phasenets train` in each process, waits for them
+    result = PhaseTrainer(config).fit()
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
         print(f"done in {result.seconds:.1f}s; run directory: {result.run_dir}")
     return EXIT_OK
@@ -47,10 +53,20 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_eval(commands) -> argparse.ArgumentParser:
-    parser = commands.add_parser("eval", help="evaluate a checkpoint on one split of a dataset")
-    parser.add_argument("--checkpoint", required=True, help="a .pt file from a run's checkpoints/ folder, or a run directory (its final network)")
+    parser = commands.add_parser(
+        "eval", help="evaluate a checkpoint on one split of a dataset, or run the forgetting test",
+        description="Evaluate --checkpoint on --data-dir; or, with --forgetting, evaluate the old task's data "
+                    "with the old run's head on top of each new run's blocks (ModNet's forgetting test).",
+    )
+    parser.add_argument("--checkpoint", help="a .pt file from a run's checkpoints/ folder, or a run directory (its final network)")
     parser.add_argument("--data-dir", "--data_dir", required=True, help="dataset root (train/, validation/, test/)")
-    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument("--split", default=None, choices=("train", "validation", "test"),
+                        help="default: test (--forgetting: test if there is one, else validation)")
+    forgetting = parser.add_argument_group("forgetting test")
+    forgetting.add_argument("--forgetting", action="store_true", help="run the forgetting test instead")
+    forgetting.add_argument("--old-run", help="run directory or checkpoint of the old task; --data-dir is its data")
+    forgetting.add_argument("--new-run", nargs="+", help="run directories or checkpoints trained from the old run's blocks")
+    forgetting.add_argument("--blocks", default=None, help="the new runs' blocks to use, e.g. 1-3 [default: all but the last]")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--loader", default="auto", choices=("auto", "dali", "torch"))
     parser.add_argument("--num-workers", type=int, default=2)
@@ -62,7 +78,11 @@ def _add_eval(commands) -> argparse.ArgumentParser:
 def _run_eval(args: argparse.Namespace) -> int:
     from phasenets.train import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, batch_size=args.batch_size,
+    if args.forgetting:
+        return _run_forgetting(args)
+    if args.checkpoint is None or args.old_run or args.new_run:
+        raise ValueError("give --checkpoint C, or --forgetting with --old-run A --new-run B")
+    metrics = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split or "test", batch_size=args.batch_size,
                                   loader=args.loader, num_workers=args.num_workers, device=args.device)
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -72,6 +92,21 @@ def _run_eval(args: argparse.Namespace) -> int:
           f"accuracy {metrics['accuracy']:.4f}{top5}")
     for name, accuracy in metrics["per_class_accuracy"].items():
         print(f"  {name:<20} {'-' if accuracy is None else f'{accuracy:.4f}'}")
+    return EXIT_OK
+
+
+def _run_forgetting(args: argparse.Namespace) -> int:
+    from phasenets.train.forgetting import format_forgetting, forgetting_test
+
+    if not (args.old_run and args.new_run) or args.checkpoint:
+        raise ValueError("--forgetting compares runs: give --old-run A and --new-run B [B ...], not --checkpoint")
+    rows = forgetting_test(args.old_run, args.new_run, args.data_dir, blocks=args.blocks, split=args.split,
+                           batch_size=args.batch_size, loader=args.loader, num_workers=args.num_workers,
+                           device=args.device)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+    else:
+        print(format_forgetting(rows))
     return EXIT_OK
 
 
@@ -183,6 +218,111 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# bench
+
+
+def _add_bench(commands) -> argparse.ArgumentParser:
+    from phasenets.study import add_study_arguments
+
+    parser = commands.add_parser("bench", help="studies that take minutes to hours (resumable)")
+    studies = parser.add_subparsers(dest="bench_command", required=True, metavar="STUDY")
+    accuracy = studies.add_parser(
+        "accuracy", help="phase-wise vs end-to-end test accuracy on Fashion-MNIST subsets: table + PNG",
+        description="Trains every (model, size, schedule, seed) not yet in OUTPUT/results.jsonl, then "
+                    "writes the markdown table and the plot.",
+    )
+    add_study_arguments(accuracy)
+    return parser
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from phasenets.study import run_from_args
+
+    outcome = run_from_args(args)
+    print(f"{outcome.new_runs} new runs, {len(outcome.records)} in all; table: {outcome.report}; plot: {outcome.plot}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# export
+
+
+def _add_export(commands) -> argparse.ArgumentParser:
+    from phasenets.export import EXPORT_FORMATS
+
+    parser = commands.add_parser(
+        "export", help="write a checkpoint's network as ONNX, TorchScript or safetensors (checked against it)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its final network)")
+    parser.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="[default: onnx]")
+    parser.add_argument("--out", default=None, help="output file [default: next to the checkpoint]")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="do not run the exported file against the checkpoint's network")
+    return parser
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from phasenets.export import export_checkpoint
+    from phasenets.train.transfer import find_run_checkpoint
+
+    checkpoint = find_run_checkpoint(args.checkpoint) if os.path.isdir(args.checkpoint) else args.checkpoint
+    result = export_checkpoint(checkpoint, args.format, args.out, verify=args.verify)
+    check = ("" if result.max_abs_diff is None else
+             f"; largest difference from the checkpoint's logits {result.max_abs_diff:.2g} ({result.verified_with})")
+    print(f"wrote {result.path} ({result.format}){check}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# viz and plot
+
+
+def _add_viz(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser("viz", help="PNG pictures of first-block filters or of each block's feature maps")
+    parser.add_argument("what", choices=("filters", "features"))
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint file, or a run directory (its final network)")
+    parser.add_argument("--image", default=None, help="features: the image to run through the network")
+    parser.add_argument("--block", type=int, default=None, help="features: only this block [default: every block]")
+    parser.add_argument("--out", default=None, help="output folder [default: viz/ in the checkpoint's run directory]")
+    return parser
+
+
+def _run_viz(args: argparse.Namespace) -> int:
+    from phasenets.viz import plot_features, plot_filters
+
+    out = Path(args.out) if args.out else _run_dir_of(Path(args.checkpoint)) / "viz"
+    if args.what == "filters":
+        if args.image or args.block:
+            raise ValueError("viz filters draws the first convolution: --image and --block are for viz features")
+        paths = [plot_filters(args.checkpoint, out / "filters.png")]
+    else:
+        if args.image is None:
+            raise ValueError("viz features needs --image FILE: the image whose feature maps are drawn")
+        paths = plot_features(args.checkpoint, args.image, out, block=args.block)
+    print("\n".join(f"wrote {path}" for path in paths))
+    return EXIT_OK
+
+
+def _run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint belongs to (the folder itself for a run directory or a loose file's folder)."""
+    if checkpoint.is_dir():
+        return checkpoint
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def _add_plot(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser("plot", help="redraw a run's accuracy and loss curves from its metrics.csv")
+    parser.add_argument("run_dir")
+    return parser
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from phasenets.viz import replot_run
+
+    print("\n".join(f"wrote {path}" for path in replot_run(args.run_dir)))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
 
 _COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "train": (_add_train, _run_train),
@@ -190,6 +330,10 @@ _COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "demo": (_add_demo, _run_demo),
     "summary": (_add_summary, _run_summary),
     "data": (_add_data, _run_data),
+    "export": (_add_export, _run_export),
+    "viz": (_add_viz, _run_viz),
+    "plot": (_add_plot, _run_plot),
+    "bench": (_add_bench, _run_bench),
 }
 
 

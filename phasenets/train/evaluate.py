@@ -42,11 +42,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     The images go through the checkpoint's own normalization; the dataset's class folders must
     be the ones the network was trained on.
     """
-    from phasenets.data import DatasetError, Normalization, build_loader, scan_dataset
+    from phasenets.data import DatasetError, Normalization, build_loader
+    from phasenets.train.curriculum import task_splits
 
     model, payload = load_trained_model(checkpoint)
     model.to(device)
-    data = scan_dataset(data_dir)
+    data = task_splits(data_dir, payload.get("task"))  # the classes the run trained on (its hierarchy)
     if data.classes != list(payload["classes"]):
         raise DatasetError(f"{data_dir} has classes {data.classes}; {checkpoint} was trained on {payload['classes']}")
     samples = data.split(split)

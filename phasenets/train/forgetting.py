@@ -58,11 +58,12 @@ def forgetting_test(
         blocks: the new network's blocks to use (``"1-3"``, a list); default: all but the last.
         split: ``test``, ``validation`` or ``train``; default: test if the data has one, else validation.
     """
-    from phasenets.data import DatasetError, scan_dataset
+    from phasenets.data import DatasetError
+    from phasenets.train.curriculum import task_splits
 
     old_path = _checkpoint(old)
     old_model, old_payload = load_trained_model(old_path)
-    data = scan_dataset(data_dir)
+    data = task_splits(data_dir, old_payload.get("task"))  # the old task's classes (its hierarchy)
     if data.classes != list(old_payload["classes"]):
         raise DatasetError(f"{data_dir} has classes {data.classes}; the old network {old_path} was trained on "
                            f"{list(old_payload['classes'])}: give the old task's data")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from phasenets.config import ConfigError, TrainConfig
+from phasenets.train.transfer import block_lr_multipliers
 
 __all__ = ["Phase", "build_plan"]
 
@@ -42,11 +43,10 @@ class Phase:
 
 def build_plan(config: TrainConfig, num_blocks: int) -> list[Phase]:
     """The phases of ``config.schedule`` for a network of ``num_blocks`` blocks, plus fine-tuning."""
-    multipliers = list(config.block_lr_multipliers) or [1.0] * num_blocks
-    if len(multipliers) != num_blocks:
-        raise ConfigError(
-            f"block_lr_multipliers has {len(multipliers)} values but the model has {num_blocks} blocks"
-        )
+    try:
+        multipliers = block_lr_multipliers(num_blocks, config.block_lr_multipliers or None, config.layer_decay)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
     def scales(first: int, last: int, extra: list[float] | None = None) -> tuple[float, ...]:
         extra = extra or [1.0] * (last - first + 1)

@@ -40,7 +40,7 @@ def test_finetune_phase_and_block_multipliers():
 
 
 def test_plan_errors():
-    with pytest.raises(ConfigError, match="3 values but the model has 5 blocks"):
+    with pytest.raises(ConfigError, match="3 block learning-rate factors for 5 blocks"):
         build_plan(TrainConfig(block_lr_multipliers=[1, 1, 1]), 5)
     with pytest.raises(ConfigError, match="start_phase=6 but the phasewise plan has 5 phases"):
         build_plan(TrainConfig(start_phase=6, ckpt_dir="x"), 5)
