@@ -73,7 +73,7 @@ EOF
 install_dependencies() {
     local pip=("$VENV/bin/pip" install -q -c "$VENV/constraints.txt")
     "${pip[@]}" setuptools wheel ninja numpy pillow pyyaml tqdm matplotlib \
-        pytest pytest-benchmark pytest-timeout scikit-learn safetensors tensorboard
+        pytest pytest-benchmark pytest-timeout scikit-learn safetensors tensorboard onnx onnxscript onnxruntime
     if [[ "$(uname -s)" == "Linux" ]]; then
         "${pip[@]}" "$(dali_package)" || log "DALI did not install: the torch DataLoader will be used"
     fi
