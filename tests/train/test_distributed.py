@@ -1,0 +1,256 @@
+"""Multi-process training on CPU: gloo, 2 processes, tiny data and a tiny network.
+
+Each job runs as a subprocess under a timeout, so a hang fails its test instead of stalling CI.
+This file is also the job's entry point: torchrun runs it as a script, and ``_worker`` then trains
+one rank, records what that rank did (checkpoint writes, optimizer steps, final metrics and
+weights) and, when asked, fails after a chosen step by raising or by killing itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[2]
+JOB_TIMEOUT_S = 120  # far above a healthy job (about 10 s): only a hang gets near it
+COLLECTIVE_TIMEOUT_S = 20  # the jobs' dist_timeout: a failure must end the job well within it
+
+
+def equivalence_net():
+    """Three blocks without batch norm or dropout, so that one step over a batch split in two
+    halves computes the same update as one step over the whole batch (DDP averages gradients;
+    batch norm would normalize each half by its own statistics, dropout would draw other masks)."""
+    from phasenets.models import BlockwiseNet
+
+    blocks = [
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, 3)),
+    ]
+    return BlockwiseNet.from_modules(blocks, 3, (1, 16, 16))
+
+
+def job_config(data_dir: Path, output: Path, **options) -> dict:
+    settings = dict(data_dir=str(data_dir), output=str(output), in_channels=1, batch_size=4, max_epochs=2,
+                    patience=0, num_workers=0, loader="torch", tensorboard=False, optimizer="adam", lr=0.01,
+                    seed=0, deterministic=True, num_threads=1, dist_timeout=COLLECTIVE_TIMEOUT_S)
+    settings.update(options)
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------
+# the job side
+
+
+def _worker(spec: dict) -> None:
+    """One rank of a test job: train, then write ``rank<r>.json`` and ``weights-rank<r>.pt``."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from phasenets.config import TrainConfig
+    from phasenets.train import PhaseTrainer
+    from phasenets.train import trainer as trainer_module
+
+    rank = int(os.environ["RANK"])
+    record_dir = Path(spec["record_dir"])
+    saves: list[str] = []
+    steps = [0]
+    failure = spec.get("fail")
+
+    def count_step(*_):
+        steps[0] += 1
+        # After a step, not before one: its gradient all-reduce means rank 0 has saved every
+        # checkpoint of the epochs before, so what the failed run leaves behind is certain.
+        if failure is not None and failure["rank"] == rank and steps[0] == failure["after_step"]:
+            (record_dir / "failed_at").write_text(str(time.time()))
+            if failure["how"] == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected failure on rank {rank}")
+
+    register_optimizer_step_post_hook(count_step)
+    save_checkpoint = trainer_module.save_checkpoint
+
+    def recording_save(path, payload):
+        saves.append(Path(path).name)
+        return save_checkpoint(path, payload)
+
+    trainer_module.save_checkpoint = recording_save
+    config = TrainConfig(**spec["config"])
+    torch.manual_seed(0)
+    result = PhaseTrainer(config, model=equivalence_net()).fit()
+    record = {"saves": saves, "steps": steps[0], "final": result.final, "world_size": int(os.environ["WORLD_SIZE"])}
+    (record_dir / f"rank{rank}.json").write_text(json.dumps(record))
+    torch.save(result.model.state_dict(), record_dir / f"weights-rank{rank}.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# the test side
+
+
+def run_job(spec: dict, tmp_path: Path, nproc: int = 2) -> tuple[subprocess.CompletedProcess, float]:
+    """Start ``spec`` in ``nproc`` processes under torchrun; returns the process and its seconds."""
+    Path(spec["record_dir"]).mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               __file__, json.dumps(spec)]
+    started = time.perf_counter()
+    job = subprocess.run(command, cwd=tmp_path, env=_job_environment(), capture_output=True, text=True,
+                         timeout=JOB_TIMEOUT_S)
+    return job, time.perf_counter() - started
+
+
+def _job_environment() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def read_records(record_dir: Path, nproc: int = 2) -> list[dict]:
+    return [json.loads((record_dir / f"rank{rank}.json").read_text()) for rank in range(nproc)]
+
+
+@pytest.fixture(scope="module")
+def full_batch_data(tmp_path_factory) -> Path:
+    """36 training images: one global batch of 36 is one step over every sample."""
+    from conftest import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("full-batch"), {"train": 12, "validation": 4})
+
+
+@pytest.fixture(scope="module")
+def odd_data(tmp_path_factory) -> Path:
+    """15 training and 9 validation images: neither splits evenly over two processes."""
+    from conftest import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("odd"), {"train": 5, "validation": 3})
+
+
+def test_shards_are_fixed_disjoint_and_cover_the_split():
+    from phasenets.train.distributed import shard
+
+    items = list(range(11))
+    for world_size in (1, 2, 3, 4):
+        evaluation = [shard(items, rank, world_size, pad=False) for rank in range(world_size)]
+        assert sorted(sum(evaluation, [])) == items  # each item exactly once
+        training = [shard(items, rank, world_size, pad=True) for rank in range(world_size)]
+        assert {len(part) for part in training} == {-(-len(items) // world_size)}  # equal steps
+        assert set(sum(training, [])) == set(items)
+        assert len(sum(training, [])) - len(items) <= world_size - 1  # repeats only to pad
+    with pytest.raises(ValueError, match="at least one"):
+        shard([1], 0, 2, pad=False)
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        shard(items, 2, 2, pad=True)
+
+
+def test_two_processes_match_one_process_at_the_same_global_batch(full_batch_data, tmp_path):
+    """36 images, global batch 36: every step sees every image in both runs, so only the order of
+    float additions differs (DDP averages two half-batch gradients; one process sums all 36).
+    Over 6 Adam steps that stays within float32 rounding: weights agree to 1e-5, and the
+    validation metrics (sums all-reduced in float64) are equal."""
+    from phasenets.config import TrainConfig
+    from phasenets.train import PhaseTrainer
+
+    spec = {"record_dir": str(tmp_path / "records"),
+            "config": job_config(full_batch_data, tmp_path / "two", batch_size=18)}
+    job, _ = run_job(spec, tmp_path)
+    assert job.returncode == 0, job.stdout + job.stderr
+
+    torch.manual_seed(0)
+    single = PhaseTrainer(TrainConfig(**job_config(full_batch_data, tmp_path / "one", batch_size=36)),
+                          model=equivalence_net()).fit()
+    weights = torch.load(tmp_path / "records" / "weights-rank0.pt", weights_only=True)
+    for name, value in single.model.state_dict().items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-5, msg=name)
+    records = read_records(tmp_path / "records")
+    for record in records:
+        assert record["final"]["count"] == 12  # the validation split, each image once
+        assert record["final"]["confusion_matrix"] == single.final["confusion_matrix"]
+        assert record["final"]["loss"] == pytest.approx(single.final["loss"], rel=1e-5)
+    # rank 0 alone writes checkpoints and the run's files
+    assert records[0]["saves"] and records[1]["saves"] == []
+    assert sorted(path.name for path in (tmp_path / "two" / "checkpoints").iterdir()) == sorted(set(records[0]["saves"]))
+    assert (tmp_path / "two" / "summary.json").is_file()
+
+
+def fail_job(how: str, data_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """A job whose rank 1 fails (``raise`` or ``kill``) after step 1 of phase 2's epoch 2; checks
+    that every rank ended, with a non-zero exit, well within the collective timeout."""
+    spec = {"record_dir": str(tmp_path / "failed"), "config": job_config(data_dir, tmp_path / "run"),
+            "fail": {"rank": 1, "after_step": 7, "how": how}}  # 2 steps per epoch, 2 epochs per phase
+    job, _ = run_job(spec, tmp_path)
+    assert job.returncode != 0
+    seconds = time.time() - float((tmp_path / "failed" / "failed_at").read_text())
+    assert seconds < COLLECTIVE_TIMEOUT_S, f"the job ended {seconds:.0f}s after rank 1 failed"
+    assert not (tmp_path / "failed" / "rank0.json").exists()  # rank 0 did not carry on alone
+    return job
+
+
+def test_a_killed_rank_ends_the_job(odd_data, tmp_path):
+    fail_job("kill", odd_data, tmp_path)
+
+
+def test_a_rank_that_raises_ends_the_job_and_the_run_resumes_with_equal_steps(odd_data, tmp_path):
+    """Uneven data too: 15 training images make shards of 8 (rank 1: 7 and 1 repeat), 9
+    validation images make evaluation shards of 5 and 4 that count each image once."""
+    job = fail_job("raise", odd_data, tmp_path)
+    assert "injected failure on rank 1" in job.stdout + job.stderr
+    run_dir = tmp_path / "run"
+    assert (run_dir / "checkpoints" / "phase2-last.pt").is_file()  # phase 2, epoch 1
+
+    resumed = {"record_dir": str(tmp_path / "resumed"), "config": job_config(odd_data, run_dir, resume=str(run_dir))}
+    job, _ = run_job(resumed, tmp_path)
+    assert job.returncode == 0, job.stdout + job.stderr
+    records = read_records(tmp_path / "resumed")
+    # what was left: phase 2 epoch 2 and phase 3 (2 epochs), 2 batches of 4 each, on both ranks
+    assert [record["steps"] for record in records] == [6, 6]
+    assert [record["final"]["count"] for record in records] == [9, 9]
+    assert sum(map(sum, records[0]["final"]["confusion_matrix"])) == 9
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [phase["epochs"] for phase in summary["phases"]] == [2, 2, 2]
+
+
+def test_train_command_starts_its_own_processes(odd_data, tmp_path):
+    """``--num_gpu 2`` (seed 000's flag) on a machine without CUDA: two gloo CPU processes."""
+    command = [sys.executable, "-m", "phasenets", "train", "--data-dir", str(odd_data), "--output", "run",
+               "--model", "lenet5", "--in-channels", "1", "--max-epochs", "1", "--batch-size", "4",
+               "--num-workers", "0", "--loader", "torch", "--tensorboard", "false", "--device", "cpu",
+               "--num_gpu", "2", "--num-threads", "1", "--amp", "bf16"]
+    job = subprocess.run(command, cwd=tmp_path, env=_job_environment(), capture_output=True, text=True,
+                         timeout=JOB_TIMEOUT_S)
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert "starting 2 CPU processes (gloo)" in job.stdout + job.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final"]["count"] == 9
+    assert job.stdout.count("done in") == 1  # one line for the whole job, from rank 0
+
+
+# ----------------------------------------------------------------------------------------------
+# mixed precision and memory layout in one process
+
+
+@pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_runs_the_trainable_part_in_the_chosen_dtype(amp, dtype, odd_data, tmp_path):
+    from phasenets.config import TrainConfig
+    from phasenets.train import PhaseTrainer
+
+    model = equivalence_net()
+    seen = set()
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):  # autocast casts these, whatever their input
+            module.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+    config = TrainConfig(**job_config(odd_data, tmp_path / "run", max_epochs=1, amp=amp, channels_last=True))
+    result = PhaseTrainer(config, model=model).fit()
+    assert seen == {dtype}
+    assert result.final["count"] == 9
+    assert model.blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))  # conftest, as pytest would have it
+    _worker(json.loads(sys.argv[1]))
