@@ -187,13 +187,16 @@ def _add_data(commands) -> argparse.ArgumentParser:
     balance.add_argument("--mode", default="copy", choices=("copy", "symlink", "hardlink"))
 
     importer = actions.add_parser("import", help="write a bundled dataset (digits, fashion-mnist) as PNG folders")
-    importer.add_argument("name")
-    importer.add_argument("out")
-    importer.add_argument("--per-class", type=int, default=None)
-    importer.add_argument("--val-per-class", type=int, default=None)
-    importer.add_argument("--test-per-class", type=int, default=None)
-    importer.add_argument("--image-size", type=int, default=None)
-    importer.add_argument("--seed", type=int, default=0)
+    importer.add_argument("name", choices=("fashion-mnist", "digits"))
+    importer.add_argument("--out", required=True, help="output folder (must be empty or absent)")
+    importer.add_argument("--per-class", type=int, default=None,
+                          help="training images per class (default: all); how small datasets are made")
+    importer.add_argument("--val-per-class", type=int, default=None,
+                          help="validation images per class, drawn from the remaining training images")
+    importer.add_argument("--test-per-class", type=int, default=None,
+                          help="test images per class (default: the whole official test split)")
+    importer.add_argument("--image-size", type=int, default=None, help="resize images to this side")
+    importer.add_argument("--seed", type=int, default=0, help="seed of the deterministic subset draw")
     return parser
 
 

@@ -74,6 +74,8 @@ install_dependencies() {
     local pip=("$VENV/bin/pip" install -q -c "$VENV/constraints.txt")
     "${pip[@]}" setuptools wheel ninja numpy pillow pyyaml tqdm matplotlib \
         pytest pytest-benchmark pytest-timeout scikit-learn safetensors tensorboard onnx onnxscript onnxruntime
+    # The native checks (CTest) need cmake; a machine without one gets PyPI's.
+    command -v cmake >/dev/null || "${pip[@]}" cmake
     if [[ "$(uname -s)" == "Linux" ]]; then
         "${pip[@]}" "$(dali_package)" || log "DALI did not install: the torch DataLoader will be used"
     fi

@@ -23,7 +23,7 @@ def runs(tmp_path_factory):
     """(digits folder, level-1 run, level-2 run started from its blocks 1-4 at ModNet-style rates)."""
     root = tmp_path_factory.mktemp("cli-tools")
     data = root / "digits"
-    assert main(["data", "import", "digits", str(data), "--per-class", "6", "--val-per-class", "2",
+    assert main(["data", "import", "digits", "--out", str(data), "--per-class", "6", "--val-per-class", "2",
                  "--test-per-class", "2", "--image-size", "16"]) == 0
     hierarchy = root / "hierarchy.yaml"
     hierarchy.write_text(HIERARCHY)
