@@ -1,0 +1,266 @@
+"""T1, T2, T3 and the memory check: what the level caches buy a phase-wise run.
+
+Run: ``python -m pytest benchmarks/test_phase_cache.py -q -s`` (on an otherwise idle machine).
+Every comparison is measured side by side in one run, and each benchmark checks that both sides
+compute the same thing before it times either. Each stashes its ratio, target and verdict in
+``benchmark.extra_info`` for ``benchmarks/report.py``.
+
+- T1: one training epoch of phase 3 of ``alexnet`` at 64 px (blocks 1-2 frozen), inputs read from
+  the level-2 cache (host tier, fp16) vs recomputed by the frozen blocks. Images come from memory,
+  so the recompute side pays no decoding: the ratio isolates the frozen prefix's cost.
+- T2: whole runs through ``PhaseTrainer`` on 64 px PNGs, same epochs per phase: phase-wise with the
+  cache, phase-wise without it, and phase-wise with augmentation and 4 cached views, each vs
+  ``standard`` end-to-end training.
+- T3: the share of T1's cached epoch the training loop spent blocked on the next batch.
+- Memory: the resident memory a filled host cache adds vs N x V x bytes per feature.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from phasenets.config import TrainConfig
+from phasenets.models import build_model
+from phasenets.train import PhaseTrainer
+from phasenets.train.feature_levels import CacheSettings, FeatureLevels, SplitFeed
+from phasenets.train.plan import Phase
+from phasenets.train.sources import FrozenPrefixSource
+
+THREADS = 2
+IMAGE_SIZE = 64
+NUM_CLASSES = 10
+T1_IMAGES, T1_PHASE, BATCH = 512, 3, 64
+T2_TRAIN, T2_VAL, T2_EPOCHS = 256, 64, 2
+MEMORY_SAMPLES, MEMORY_VIEWS, MEMORY_FEATURE = 4096, 4, (384, 3, 3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _verdict(info: dict, name: str, ratio: float, target: str, met: bool, note: str) -> None:
+    info.update(target_id=name, ratio=round(ratio, 3), target=target, met=met, note=note)
+    print(f"\n{name}: {ratio:.3f} (target {target}) {'met' if met else 'MISSED'}; {note}")
+
+
+# ----------------------------------------------------------------------------------------------
+# T1 and T3: one epoch of a late phase, cache vs recompute
+
+
+class TensorLoader:
+    """The loader face (docs/internals.md) over images already in memory: no decode cost."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
+        from phasenets.data.torch_loader import ShardedBatchSampler
+
+        self.images, self.labels = images, labels
+        self.sampler = ShardedBatchSampler(len(images), batch_size, shuffle=shuffle, seed=seed, drop_last=False,
+                                           rank=0, world_size=1)
+        self.num_samples = len(images)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch
+
+    def set_view(self, view: int | None) -> None:
+        self.sampler.view = view
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for batch in self.sampler:
+            indices = torch.tensor([index for index, _ in batch])
+            yield self.images[indices], self.labels[indices], indices
+
+
+@pytest.fixture(scope="module")
+def late_phase(tmp_path_factory):
+    """AlexNet at 64 px with the blocks before phase T1_PHASE frozen, its stage, and both feature sources."""
+    torch.manual_seed(0)
+    model = build_model("alexnet", NUM_CLASSES, in_channels=3, image_size=IMAGE_SIZE)
+    model.freeze_blocks(T1_PHASE - 1)
+    images = torch.randn(T1_IMAGES, 3, IMAGE_SIZE, IMAGE_SIZE)
+    labels = torch.randint(0, NUM_CLASSES, (T1_IMAGES,))
+    batching = dict(batch_size=BATCH, shuffle=True, seed=0, drop_last=False, rank=0, world_size=1)
+    feed = SplitFeed(labels=labels, manifest=[], make_loader=lambda: TensorLoader(images, labels, BATCH, True),
+                     batching=batching, preprocessing={}, augmented=False)
+    phase = Phase(T1_PHASE, f"phase {T1_PHASE}", T1_PHASE, T1_PHASE, (1.0,), 1)
+    settings = CacheSettings("host", views=1, dtype="fp16", cache_dir=tmp_path_factory.mktemp("cache"), budget_bytes=None)
+    levels = FeatureLevels(model, {"train": feed}, settings, [phase], torch.device("cpu"), info=lambda *a: None)
+    started = time.perf_counter()
+    cached = levels.source("train", phase)
+    build_seconds = time.perf_counter() - started
+    recompute = FrozenPrefixSource(TensorLoader(images, labels, BATCH, True), model, T1_PHASE - 1, torch.device("cpu"))
+    stage = nn.Sequential(model.blocks[T1_PHASE - 1], model.head(T1_PHASE))
+    yield model, stage, {"cache": cached, "recompute": recompute}, build_seconds
+    levels.close()
+
+
+def _train_epoch(stage: nn.Module, source, optimizer, epoch: int) -> int:
+    source.set_epoch(epoch)
+    stage.train()
+    steps = 0
+    for inputs, labels, _ in source:
+        loss = nn.functional.cross_entropy(stage(inputs), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    return steps
+
+
+_t1_seconds: dict[str, float] = {}
+
+
+@pytest.mark.parametrize("path", ["recompute", "cache"])
+def test_t1_phase_epoch(benchmark, late_phase, path):
+    model, stage, sources, build_seconds = late_phase
+    # the same batches: same indices and labels, features equal within fp16 storage rounding
+    for source in sources.values():
+        source.set_epoch(0)
+    for (cached, labels, indices), (exact, exact_labels, exact_indices) in zip(sources["cache"], sources["recompute"]):
+        assert torch.equal(indices, exact_indices) and torch.equal(labels, exact_labels)
+        torch.testing.assert_close(cached, exact, rtol=2**-9, atol=1e-3)
+        break
+    optimizer = torch.optim.SGD([p for p in stage.parameters() if p.requires_grad], lr=1e-3)
+    epochs = iter(range(100))
+    steps = benchmark.pedantic(lambda: _train_epoch(stage, sources[path], optimizer, next(epochs)),
+                               rounds=2, warmup_rounds=1)
+    assert steps == T1_IMAGES // BATCH
+    _t1_seconds[path] = benchmark.stats.stats.median
+    benchmark.extra_info["epoch_seconds"] = round(_t1_seconds[path], 3)
+    if path == "cache":
+        benchmark.extra_info["build_seconds"] = round(build_seconds, 3)
+        if "recompute" in _t1_seconds:
+            ratio = _t1_seconds["recompute"] / _t1_seconds["cache"]
+            _verdict(benchmark.extra_info, "T1", ratio, ">= 3.0x", ratio >= 3.0,
+                     f"alexnet {IMAGE_SIZE} px, phase {T1_PHASE} epoch, {T1_IMAGES} images, batch {BATCH}; "
+                     f"level-{T1_PHASE - 1} build {build_seconds:.2f}s (once per run)")
+
+
+def test_t3_wait_on_cached_batches(benchmark, late_phase):
+    _, stage, sources, _ = late_phase
+    source = sources["cache"]
+    optimizer = torch.optim.SGD([p for p in stage.parameters() if p.requires_grad], lr=1e-3)
+    epochs = iter(range(100, 200))
+    benchmark.pedantic(lambda: _train_epoch(stage, source, optimizer, next(epochs)), rounds=2, warmup_rounds=0)
+    assert 0 < source.wait_seconds < source.epoch_seconds
+    fraction = source.wait_fraction
+    _verdict(benchmark.extra_info, "T3", fraction, "<= 5% of step time", fraction <= 0.05,
+             f"host tier, prefetch 2; waited {source.wait_seconds * 1e3:.1f} ms of a "
+             f"{source.epoch_seconds:.2f}s phase-{T1_PHASE} epoch")
+
+
+# ----------------------------------------------------------------------------------------------
+# T2: whole runs
+
+
+@pytest.fixture(scope="module")
+def png_data(tmp_path_factory):
+    """Class-dependent colour blobs plus noise, 64 px PNGs: train, validation."""
+    root = tmp_path_factory.mktemp("t2-data")
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE]
+    for split, count in (("train", T2_TRAIN), ("validation", T2_VAL)):
+        for index in range(count):
+            label = index % NUM_CLASSES
+            folder = root / split / f"c{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            centre = 12 + 4 * label
+            blob = np.exp(-((x - centre) ** 2 + (y - 64 + centre) ** 2) / 60.0)[..., None] * np.array([200, 120, 60])
+            image = np.clip(blob + rng.normal(40, 20, (IMAGE_SIZE, IMAGE_SIZE, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(folder / f"{index}.png")
+    return root
+
+
+RUNS = {  # name -> TrainConfig options
+    "standard": dict(schedule="standard", cache="off"),
+    "phasewise_cache": dict(cache="host"),
+    "phasewise_no_cache": dict(cache="off"),
+    "phasewise_cache_augment_v4": dict(cache="host", augment="light", cache_views=4),
+}
+T2_WHY = ("; over 1.0x by construction at few epochs: the cached run does all of standard's block work "
+          "plus one forward of blocks 1-4 (the builds), the auxiliary heads, and 5x the validation passes "
+          "and per-epoch checkpoints (alexnet's 87 MB of weights + optimizer state, best and last)")
+_t2_seconds: dict[str, float] = {}
+_t2_accuracy: dict[str, float] = {}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_t2_whole_run(benchmark, png_data, tmp_path, name):
+    rounds = iter(range(100))
+
+    def run():
+        config = TrainConfig(data_dir=str(png_data), output=str(tmp_path / f"{name}-{next(rounds)}"),
+                             model="alexnet", image_size=IMAGE_SIZE, in_channels=3, num_classes=NUM_CLASSES,
+                             batch_size=32, max_epochs=T2_EPOCHS, patience=0, optimizer="adam", lr=1e-4,
+                             loader="torch", num_workers=0, tensorboard=False, skip_preflight=True, seed=0,
+                             num_threads=THREADS, **RUNS[name])
+        return PhaseTrainer(config).fit()
+
+    result = benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    phases = 1 if name == "standard" else 5
+    assert [phase.epochs for phase in result.phases] == [T2_EPOCHS] * phases
+    _t2_seconds[name] = benchmark.stats.stats.median
+    _t2_accuracy[name] = result.final["accuracy"]
+    benchmark.extra_info.update(run_seconds=round(_t2_seconds[name], 2), accuracy=_t2_accuracy[name])
+    if name != "standard" and "standard" in _t2_seconds:
+        ratio = _t2_seconds[name] / _t2_seconds["standard"]
+        target, met = {"phasewise_cache": ("<= 1.0x", ratio <= 1.0),
+                       "phasewise_no_cache": ("about 2x (reference)", True),
+                       "phasewise_cache_augment_v4": ("reported beside T2", True)}[name]
+        _verdict(benchmark.extra_info, f"T2 {name}", ratio, target, met,
+                 f"alexnet {IMAGE_SIZE} px, {T2_TRAIN} train / {T2_VAL} val PNGs, {T2_EPOCHS} epochs per phase, "
+                 f"{_t2_seconds[name]:.1f}s vs standard {_t2_seconds['standard']:.1f}s; final val accuracy "
+                 f"{_t2_accuracy[name]:.3f} vs {_t2_accuracy['standard']:.3f}" + ("" if met else T2_WHY))
+
+
+# ----------------------------------------------------------------------------------------------
+# memory
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_memory_of_a_host_cache(benchmark, dtype):
+    from phasenets.cache import FeatureCache
+
+    itemsize = {"fp16": 2, "int8": 1}[dtype]
+    expected = MEMORY_SAMPLES * MEMORY_VIEWS * int(np.prod(MEMORY_FEATURE)) * itemsize
+    features = torch.randn(512, *MEMORY_FEATURE)
+    gc.collect()
+    before = _resident_bytes()
+
+    def fill():
+        cache = FeatureCache.create(num_samples=MEMORY_SAMPLES, feature_shape=MEMORY_FEATURE, fingerprint="memory",
+                                    views=MEMORY_VIEWS, dtype=dtype, tier="host")
+        for view in range(MEMORY_VIEWS):
+            for start in range(0, MEMORY_SAMPLES, len(features)):
+                cache.write(torch.arange(start, start + len(features)), features, view=view)
+        cache.commit()  # frees the build's written-rows map
+        return cache
+
+    cache = benchmark.pedantic(fill, rounds=1, warmup_rounds=0)
+    grown = _resident_bytes() - before
+    torch.testing.assert_close(cache.read(torch.arange(4), views=1), features[:4], rtol=0.02 if dtype == "int8" else 1e-3,
+                               atol=features.abs().max().item() / 100)
+    overhead = cache.nbytes / expected - 1
+    resident = grown / expected - 1
+    cache.close()
+    _verdict(benchmark.extra_info, f"Memory {dtype}", overhead, "< 2% over N x V x bytes", 0 <= overhead < 0.02,
+             f"{MEMORY_SAMPLES} samples x {MEMORY_VIEWS} views x {MEMORY_FEATURE}: nbytes {cache.nbytes / 2**20:.2f} MiB "
+             f"vs {expected / 2**20:.2f} MiB expected; process RSS grew {grown / 2**20:.2f} MiB ({100 * resident:+.1f}%)")
