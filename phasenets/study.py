@@ -171,6 +171,7 @@ def run_study(output_dir: str | os.PathLike, *, models: Iterable[str] = tuple(MO
             record = train_run(spec, data_dir, output_dir / "runs" / spec.name, settings)
         record["command"] = command
         _append_result(results_path, record)
+        write_report(load_results(results_path), report_path)  # a study cut short still has its table
         log.info("[%d/%d] %s: test accuracy %.4f in %.1fs", number, len(todo), spec.name,
                  record["test_accuracy"], record["seconds"])
     records = load_results(results_path)
@@ -379,14 +380,18 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _baseline(row: StudyRow, rows: list[StudyRow]) -> StudyRow | None:
+    """The ``standard`` configuration ``row`` is compared with: same model and size, and of those
+    the one whose settings differ from ``row``'s in the fewest places (a phase-wise variant such as
+    ``head=mlp`` has no standard twin, since standard training has no auxiliary heads)."""
+    candidates = [other for other in rows if other.schedule == "standard"
+                  and (other.model, other.per_class) == (row.model, row.per_class)]
+    settings = set(row.variant.split(", "))
+    return min(candidates, key=lambda other: len(settings ^ set(other.variant.split(", "))), default=None)
+
+
 def format_table(rows: list[StudyRow]) -> str:
-    """A markdown table; differences are against ``standard`` at the same model and size (and
-    variant, where the standard runs have one; otherwise the first standard configuration)."""
-    baseline: dict[tuple, StudyRow] = {}
-    for row in rows:
-        if row.schedule == "standard":
-            baseline.setdefault((row.model, row.per_class, row.variant), row)
-            baseline.setdefault((row.model, row.per_class), row)
+    """A markdown table; differences are against the ``standard`` configuration ``_baseline`` picks."""
     with_variants = any(row.variant for row in rows)
     header = ["model", "train images / class", "schedule", *(["settings"] if with_variants else []), "seeds",
               "test accuracy", "vs standard", "epochs", "seconds", "time vs standard", "in epoch loops (s)"]
@@ -394,7 +399,7 @@ def format_table(rows: list[StudyRow]) -> str:
              "---:", "---:"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
-        reference = baseline.get((row.model, row.per_class, row.variant)) or baseline.get((row.model, row.per_class))
+        reference = _baseline(row, rows)
         gain = time_ratio = "-"
         if reference is not None and row is not reference:
             gain = f"{100 * (row.accuracy_mean - reference.accuracy_mean):+.1f} pt"

@@ -80,6 +80,15 @@ def test_runs_with_other_settings_get_their_own_rows():
     assert "| lenet5 | 50 | phasewise | head=mlp | 1 | 75.0 ± 0.0 % | +25.0 pt |" in table
 
 
+def test_a_variant_is_compared_with_the_standard_runs_closest_in_settings():
+    records = [_record(accuracy=0.5), _record(accuracy=0.7), _record(schedule="phasewise", accuracy=0.8)]
+    records[0]["settings"] = {"lr": 0.003, "head": "conv"}
+    records[1]["settings"] = {"lr": None, "head": "conv"}
+    records[2]["settings"] = {"lr": None, "head": "mlp"}
+    table = format_table(summarize_results(records))
+    assert "| phasewise | head=mlp, lr=None | 1 | 80.0 ± 0.0 % | +10.0 pt |" in table  # against lr=None
+
+
 def test_report_keeps_the_notes_around_its_block(tmp_path):
     report = tmp_path / "ACCURACY.md"
     report.write_text(f"# notes above\n\n{REPORT_BEGIN}\nold table\n{REPORT_END}\n\n## findings below\n")
