@@ -52,6 +52,24 @@ def test_reused_frozen_blocks_never_change_and_their_phases_are_skipped(curricul
     assert first_trained["task"]["within"] == "angular"
 
 
+def test_a_continued_run_keeps_reused_blocks_frozen(curriculum, tiny_data, tmp_path):
+    """Freezing is not in a state dict: a run continued from a checkpoint (--ckpt-dir, or --resume)
+    freezes the blocks the checkpoint lists, even in a schedule that trains every block."""
+    level1, level2 = curriculum
+    saved = load_checkpoint(level2.checkpoint)
+    continued = PhaseTrainer(tiny_config(tiny_data, tmp_path / "continued", hierarchy=saved["config"]["hierarchy"],
+                                         hierarchy_within="angular", ckpt_dir=str(level2.run_dir),
+                                         schedule="standard", **LENET)).fit()
+    final = load_checkpoint(continued.checkpoint)
+    assert final["frozen_blocks"] == [1, 2]
+    old = load_checkpoint(level1.checkpoint)["model_state"]
+    for key, value in final["model_state"].items():
+        if key.startswith(("blocks.0.", "blocks.1.")):
+            assert torch.equal(value, old[key]), key
+        elif key.startswith("blocks.2.") and key.endswith("weight"):
+            assert not torch.equal(value, saved["model_state"][key]), f"{key} should have trained"
+
+
 def test_runs_evaluate_and_compare_through_their_hierarchy(curriculum, tiny_data):
     level1, level2 = curriculum
     metrics = evaluate_checkpoint(level1.run_dir, tiny_data, "test", num_workers=0, loader="torch")
