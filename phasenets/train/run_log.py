@@ -102,14 +102,14 @@ def plot_history(csv_path: str | Path, out_dir: str | Path, phase_names: dict[in
     for metric, label in (("accuracy", "top-1 accuracy"), ("loss", "loss")):
         figure, axes = plt.subplots(figsize=(8, 4.5))
         for split, style, color in (("train", "-", "C0"), ("validation", "-", "C1"), ("test", "o", "C2")):
-            label = split
+            legend = split  # once per split, not once per phase
             for phase, offset in offsets.items():  # lines break at phase boundaries
                 points = [(offset + int(r["epoch"]), float(r[metric])) for r in rows
                           if r["split"] == split and int(r["phase"]) == phase]
                 if points:
                     xs, ys = zip(*points)
-                    axes.plot(xs, ys, style, color=color, label=label)
-                    label = None
+                    axes.plot(xs, ys, style, color=color, label=legend)
+                    legend = None
         for phase, offset in offsets.items():
             if offset > 0:
                 axes.axvline(offset + 0.5, color="gray", linestyle="--", linewidth=0.8)
