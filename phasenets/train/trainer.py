@@ -324,6 +324,9 @@ class PhaseTrainer:
     def _train_epoch(self, run: _PhaseRun) -> SplitMetrics:
         tracker = MetricTracker(self.model.num_classes, self.dist.device)
         run.train_source.set_epoch(run.epoch - 1)
+        # Dropout draws from a stream of its own per (rank, phase, epoch): ranks do not share
+        # masks, and a resumed epoch draws what it drew the first time, whatever ran before it.
+        torch.manual_seed(_epoch_seed(self.config.seed, self.dist.rank, run.phase.index, run.epoch))
         show = self.dist.is_main and sys.stdout.isatty()
         batches = tqdm(run.train_source, desc=f"{run.phase.name} epoch {run.epoch}", leave=False, disable=not show)
         for inputs, labels, _ in batches:
@@ -618,6 +621,11 @@ class PhaseTrainer:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _epoch_seed(seed: int, rank: int, phase: int, epoch: int) -> int:
+    """A torch seed for one epoch of one rank, distinct for every (seed, rank, phase, epoch)."""
+    return int(np.random.SeedSequence([seed, rank, phase, epoch]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
