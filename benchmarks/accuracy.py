@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from phasenets.study import add_study_arguments, run_from_args  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_study_arguments(parser)
-    parser.set_defaults(report=str(Path(__file__).with_name("ACCURACY.md")))
+    parser.set_defaults(report=os.path.relpath(Path(__file__).with_name("ACCURACY.md")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     outcome = run_from_args(args, program="python benchmarks/accuracy.py")

@@ -421,8 +421,8 @@ def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
 
     models = list(dict.fromkeys(row.model for row in rows))
     columns = min(2, max(1, len(models)))
-    figure, axes = plt.subplots(math.ceil(len(models) / columns), columns, figsize=(5.5 * columns, 4 * math.ceil(len(models) / columns)),
-                                squeeze=False)
+    grid_rows = math.ceil(len(models) / columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(6.5 * columns, 4 * grid_rows), squeeze=False)
     styles = {"phasewise": ("tab:blue", "o"), "standard": ("tab:gray", "s"), "phasewise+finetune": ("tab:orange", "^")}
     for axis, model in zip(axes.flat, models):
         lines = dict.fromkeys((row.schedule, row.variant) for row in rows if row.model == model)
@@ -436,14 +436,18 @@ def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
                           yerr=[100 * p.accuracy_std for p in points], label=" ".join(filter(None, (schedule, variant))),
                           color=color, marker=marker, capsize=3)
         axis.set_xscale("log")
+        sizes = sorted({row.per_class for row in rows if row.model == model})
+        axis.set_xticks(sizes, [f"{size:,}" for size in sizes])  # the sizes run, not powers of ten
+        axis.minorticks_off()
         axis.set_title(model)
         axis.set_xlabel("training images per class")
         axis.set_ylabel("test accuracy (%)")
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize="x-small")
     for axis in list(axes.flat)[len(models):]:
         axis.remove()
-    figure.suptitle("Fashion-MNIST subsets: phase-wise vs end-to-end (mean ± std over seeds)")
+    figure.suptitle("Fashion-MNIST subsets: phase-wise vs end-to-end\n(test accuracy, mean ± std over seeds)",
+                    fontsize="medium")
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=110)
