@@ -8,7 +8,6 @@ phase's best-validation weights. The trainable part reads its inputs from a feat
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import functools
 import json
@@ -28,7 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from phasenets.config import ConfigError, TrainConfig
-from phasenets.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from phasenets.train.checkpoint import (CheckpointWriter, capture_rng_state, load_checkpoint, restore_rng_state,
+                                        save_checkpoint)
 from phasenets.train.curriculum import plan_around_frozen, task_record, task_splits
 from phasenets.train.distributed import DistributedContext
 from phasenets.train.feature_levels import CacheSettings, FeatureLevels, SplitFeed
@@ -144,7 +144,8 @@ class _PhaseRun:
     global_epoch: int  # epochs over all phases: TensorBoard's x axis
     started: float  # perf_counter at the phase's start, moved back by a resumed run's earlier time
     epoch: int = 0
-    best_state: dict[str, torch.Tensor] | None = None
+    best_state: dict[str, torch.Tensor] | None = None  # the stage's tensors (nothing else changes in a phase)
+    best_validation: SplitMetrics | None = None  # the best epoch's (None after a resume: evaluated again)
 
     def state(self, results: list[PhaseResult], completed: bool = False) -> dict[str, Any]:
         """The part of a checkpoint that ``--resume`` continues the phase from."""
@@ -185,9 +186,13 @@ class PhaseTrainer:
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         self.feature_levels = None
+        # In the background with one process; with several, a rank's next gradient all-reduce
+        # means rank 0 has committed the checkpoints of the epochs before (what a failure leaves).
+        self.checkpoints = CheckpointWriter(save_checkpoint, background=self.dist.world_size == 1)
         try:
             result = self._fit(started)
         finally:
+            self.checkpoints.close()  # the last epoch's checkpoint is on disk before fit returns
             if self.feature_levels is not None:
                 self.feature_levels.close()
             torch.set_num_threads(threads)
@@ -249,9 +254,10 @@ class PhaseTrainer:
                      run.epoch, phase.max_epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss,
                      val_metrics.accuracy, " *" if improved else "", time.perf_counter() - epoch_started)
             if improved:
-                run.best_state = copy.deepcopy(self.model.state_dict())
-                self._save(phase, "best", run.state(done))
-            self._save(phase, "last", run.state(done))  # its RNG state is where the next epoch starts
+                run.best_state, run.best_validation = _stage_state(self.model, run.stage), val_metrics
+            # best first, then last: a resume never sees a last newer than its best
+            kinds = ("best", "last") if improved else ("last",)
+            self._save(phase, kinds, run.state(done))  # its RNG state is where the next epoch starts
         return self._end_phase(run, done)
 
     def _start_phase(self, phase: Phase, done: list[PhaseResult]) -> _PhaseRun:
@@ -292,8 +298,10 @@ class PhaseTrainer:
     def _end_phase(self, run: _PhaseRun, done: list[PhaseResult]) -> PhaseResult:
         """Restore the best weights (they are what later phases build on), test, checkpoint, plot."""
         phase = run.phase
-        self.model.load_state_dict(run.best_state)
-        val_metrics = self._evaluate(run.stage, self._source("validation", phase)).compute()
+        self.model.load_state_dict(run.best_state, strict=False)  # the stage's tensors, or all of them
+        val_metrics = run.best_validation  # evaluation is deterministic: the same weights score the same
+        if val_metrics is None:
+            val_metrics = self._evaluate(run.stage, self._source("validation", phase)).compute()
         test_metrics = None
         if self.config.use_test and "test" in self.loaders:
             test_metrics = self._evaluate(run.stage, self._source("test", phase)).compute()
@@ -305,7 +313,7 @@ class PhaseTrainer:
             seconds=time.perf_counter() - run.started, best_checkpoint=str(self._checkpoint_path(phase, "best")),
             last_checkpoint=str(self._checkpoint_path(phase, "last")),
         )
-        self._save(phase, "last", run.state([*done, result], completed=True))
+        self._save(phase, ("last",), run.state([*done, result], completed=True))
         if self.run_log is not None:
             plot_history(self.run_log.csv_path, self.run_dir, {p.index: p.name for p in self.plan})
         return result
@@ -324,12 +332,16 @@ class PhaseTrainer:
     def _train_epoch(self, run: _PhaseRun) -> SplitMetrics:
         tracker = MetricTracker(self.model.num_classes, self.dist.device)
         run.train_source.set_epoch(run.epoch - 1)
-        # Dropout draws from a stream of its own per (rank, phase, epoch): ranks do not share
-        # masks, and a resumed epoch draws what it drew the first time, whatever ran before it.
-        torch.manual_seed(_epoch_seed(self.config.seed, self.dist.rank, run.phase.index, run.epoch))
         show = self.dist.is_main and sys.stdout.isatty()
         batches = tqdm(run.train_source, desc=f"{run.phase.name} epoch {run.epoch}", leave=False, disable=not show)
-        for inputs, labels, _ in batches:
+        for step, (inputs, labels, _) in enumerate(batches):
+            if step == 0:
+                # Dropout draws from a stream of its own per (rank, phase, epoch): ranks do not
+                # share masks, and a resumed epoch draws what it drew the first time. Seeded once
+                # the first batch is in, because a DataLoader draws its workers' seed from the
+                # global generator when its iterator starts: once per run with persistent
+                # workers, so a resumed run would otherwise be one draw off.
+                torch.manual_seed(_epoch_seed(self.config.seed, self.dist.rank, run.phase.index, run.epoch))
             with self._autocast():
                 logits = run.trainable(self._layout(inputs)).float()
             loss = run.criterion(logits, labels)
@@ -370,15 +382,14 @@ class PhaseTrainer:
         checkpoint = self.run_dir / "checkpoints" / "final.pt"
         self._info("final %s accuracy %.4f (%d images)", split, metrics.accuracy, metrics.count)
         if self.dist.is_main:
-            save_checkpoint(checkpoint, self._payload(self.plan[-1], {"completed": True}))
+            self.checkpoints.write([checkpoint], self._payload(self.plan[-1], {"completed": True}))
             summary = {
                 "config": self._resolved_config().to_dict(), "classes": self.data.classes,
                 "model": self._model_record(), "phases": [asdict(r) for r in results], "final": final,
                 "seconds": time.perf_counter() - started, "checkpoint": str(checkpoint),
             }
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            plot_history(self.run_log.csv_path, self.run_dir, {p.index: p.name for p in self.plan})
-            self.run_log.close()
+            self.run_log.close()  # the plots are current: every phase's end drew them
         self.dist.barrier()
         return TrainResult(self.run_dir, self.data.classes, results, final, checkpoint,
                            time.perf_counter() - started, self.model)
@@ -614,9 +625,10 @@ class PhaseTrainer:
             "task": self.task, "frozen_blocks": self.frozen_blocks, "rng": capture_rng_state(), **state,
         }
 
-    def _save(self, phase: Phase, kind: str, state: dict[str, Any]) -> None:
+    def _save(self, phase: Phase, kinds: tuple[str, ...], state: dict[str, Any]) -> None:
+        """Checkpoint ``phase`` as each of ``kinds`` (one payload, written while training goes on)."""
         if self.dist.is_main:
-            save_checkpoint(self._checkpoint_path(phase, kind), self._payload(phase, state))
+            self.checkpoints.write([self._checkpoint_path(phase, kind) for kind in kinds], self._payload(phase, state))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -626,6 +638,13 @@ class PhaseTrainer:
 def _epoch_seed(seed: int, rank: int, phase: int, epoch: int) -> int:
     """A torch seed for one epoch of one rank, distinct for every (seed, rank, phase, epoch)."""
     return int(np.random.SeedSequence([seed, rank, phase, epoch]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _stage_state(model: nn.Module, stage: PhaseStage) -> dict[str, torch.Tensor]:
+    """A copy of the entries of ``model.state_dict()`` that belong to ``stage``: the only weights
+    (and batch-norm buffers) a phase changes, so the only ones its best epoch must keep."""
+    changing = {tensor.data_ptr() for tensor in stage.state_dict().values()}
+    return {name: tensor.clone() for name, tensor in model.state_dict().items() if tensor.data_ptr() in changing}
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
