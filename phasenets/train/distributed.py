@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Sequence, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -64,7 +65,8 @@ class DistributedContext:
     device: torch.device
 
     @classmethod
-    def from_environment(cls, device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext:
+    def from_environment(cls, device: str = "auto",
+                         timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext:
         """Read ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` (set by torchrun) and join the process group.
 
         ``device``: ``auto`` picks CUDA when available. Each rank uses GPU ``LOCAL_RANK``;
@@ -81,14 +83,15 @@ class DistributedContext:
         if use_cuda:
             if local_rank >= torch.cuda.device_count():
                 raise RuntimeError(f"local rank {local_rank} needs GPU {local_rank}, but torch sees "
-                                   f"{torch.cuda.device_count()}; start at most that many processes per machine")
+                                   f"{torch.cuda.device_count()}; start at most that many processes "
+                                   "per machine")
             torch.cuda.set_device(local_rank)
             chosen = torch.device("cuda", local_rank)
         else:
             chosen = torch.device("cpu")
         if world_size > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s),
-                                    device_id=chosen if use_cuda else None)
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                    timeout=timedelta(seconds=timeout_s), device_id=chosen if use_cuda else None)
         return cls(rank=rank, local_rank=local_rank, world_size=world_size, local_world_size=local_world_size,
                    device=chosen)
 
@@ -110,6 +113,15 @@ class DistributedContext:
     def shard(self, items: Sequence[Item], *, pad: bool) -> list[Item]:
         """This rank's fixed share of ``items`` (all of them in one process); see :func:`shard`."""
         return shard(items, self.rank, self.world_size, pad=pad)
+
+    def rank_seed(self, seed: int) -> int:
+        """This rank's seed for shuffling its shard: ``seed`` itself on rank 0, one derived from
+        ``(seed, rank)`` elsewhere. One seed for all would shuffle every shard by the same
+        permutation, and since shards interleave a class-sorted list, the ranks would then put
+        neighbours (mostly the same class) in the same step, every step."""
+        if self.rank == 0:
+            return seed
+        return int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0])
 
     def wrap(self, module: nn.Module, compile: bool = False) -> nn.Module:
         """The trainable part of a phase as the training step should call it.

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from phasenets.config import ConfigError, TrainConfig
-from phasenets.train.checkpoint import (CheckpointWriter, capture_rng_state, load_checkpoint, restore_rng_state,
+from phasenets.train.checkpoint import (SHARED_STATE_KEY, CheckpointWriter, capture_rng_state, load_checkpoint, restore_rng_state,
                                         save_checkpoint)
 from phasenets.train.curriculum import plan_around_frozen, task_record, task_splits
 from phasenets.train.distributed import DistributedContext
@@ -234,6 +234,7 @@ class PhaseTrainer:
         """Train one phase to its end and leave the network on the phase's best weights."""
         self.dist.barrier()  # every rank is done with the previous phase and its cache build
         run = self._start_phase(phase, done)
+        self._save_shared_state(run)
         if resumed is not None:
             self._resume_phase(run, resumed)
         self._info("%s/%d: training blocks %d-%d (%d trainable parameters), %d frozen", phase.name,
@@ -254,10 +255,10 @@ class PhaseTrainer:
                      run.epoch, phase.max_epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss,
                      val_metrics.accuracy, " *" if improved else "", time.perf_counter() - epoch_started)
             if improved:
-                run.best_state, run.best_validation = _stage_state(self.model, run.stage), val_metrics
+                run.best_state, run.best_validation = self._stage_state(run), val_metrics
             # best first, then last: a resume never sees a last newer than its best
             kinds = ("best", "last") if improved else ("last",)
-            self._save(phase, kinds, run.state(done))  # its RNG state is where the next epoch starts
+            self._save(run, kinds, run.state(done))  # its RNG state is where the next epoch starts
         return self._end_phase(run, done)
 
     def _start_phase(self, phase: Phase, done: list[PhaseResult]) -> _PhaseRun:
@@ -313,7 +314,7 @@ class PhaseTrainer:
             seconds=time.perf_counter() - run.started, best_checkpoint=str(self._checkpoint_path(phase, "best")),
             last_checkpoint=str(self._checkpoint_path(phase, "last")),
         )
-        self._save(phase, ("last",), run.state([*done, result], completed=True))
+        self._save(run, ("last",), run.state([*done, result], completed=True))
         if self.run_log is not None:
             plot_history(self.run_log.csv_path, self.run_dir, {p.index: p.name for p in self.plan})
         return result
@@ -524,7 +525,7 @@ class PhaseTrainer:
         cfg = self.config
         training = split == "train"
         return dict(
-            batch_size=cfg.batch_size, shuffle=training, seed=cfg.seed,
+            batch_size=cfg.batch_size, shuffle=training, seed=self.dist.rank_seed(cfg.seed),
             # a last batch of one image would break batch norm in training mode
             drop_last=training and len(self._samples(split)) % cfg.batch_size == 1,
             rank=0, world_size=1,  # the samples are this rank's shard already
@@ -625,10 +626,29 @@ class PhaseTrainer:
             "task": self.task, "frozen_blocks": self.frozen_blocks, "rng": capture_rng_state(), **state,
         }
 
-    def _save(self, phase: Phase, kinds: tuple[str, ...], state: dict[str, Any]) -> None:
-        """Checkpoint ``phase`` as each of ``kinds`` (one payload, written while training goes on)."""
+    def _save(self, run: _PhaseRun, kinds: tuple[str, ...], state: dict[str, Any]) -> None:
+        """Checkpoint the phase as each of ``kinds`` (one payload, written while training goes on),
+        its model state cut to the stage's tensors; the rest is in the phase's shared-state file."""
         if self.dist.is_main:
-            self.checkpoints.write([self._checkpoint_path(phase, kind) for kind in kinds], self._payload(phase, state))
+            payload = self._payload(run.phase, state)
+            payload["model_state"] = self._stage_state(run, copy=False)
+            payload[SHARED_STATE_KEY] = self._checkpoint_path(run.phase, "shared").name
+            self.checkpoints.write([self._checkpoint_path(run.phase, kind) for kind in kinds], payload)
+
+    def _save_shared_state(self, run: _PhaseRun) -> None:
+        """Write, once per phase, the weights the phase never changes (everything outside its stage)."""
+        if self.dist.is_main:
+            stage = self._stage_state(run, copy=False)
+            shared = {name: tensor for name, tensor in self.model.state_dict().items() if name not in stage}
+            self.checkpoints.write([self._checkpoint_path(run.phase, "shared")], {"model_state": shared})
+
+    def _stage_state(self, run: _PhaseRun, copy: bool = True) -> dict[str, torch.Tensor]:
+        """The entries of ``model.state_dict()`` that belong to the phase's stage: the only weights
+        (and batch-norm buffers) a phase changes. ``copy``: cloned, so training cannot change them."""
+        state = self.model.state_dict()
+        changing = {tensor.data_ptr() for tensor in run.stage.state_dict().values()}
+        return {name: tensor.clone() if copy else tensor for name, tensor in state.items()
+                if tensor.data_ptr() in changing}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -638,13 +658,6 @@ class PhaseTrainer:
 def _epoch_seed(seed: int, rank: int, phase: int, epoch: int) -> int:
     """A torch seed for one epoch of one rank, distinct for every (seed, rank, phase, epoch)."""
     return int(np.random.SeedSequence([seed, rank, phase, epoch]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _stage_state(model: nn.Module, stage: PhaseStage) -> dict[str, torch.Tensor]:
-    """A copy of the entries of ``model.state_dict()`` that belong to ``stage``: the only weights
-    (and batch-norm buffers) a phase changes, so the only ones its best epoch must keep."""
-    changing = {tensor.data_ptr() for tensor in stage.state_dict().values()}
-    return {name: tensor.clone() for name, tensor in model.state_dict().items() if tensor.data_ptr() in changing}
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:

@@ -85,7 +85,7 @@ def _worker(spec: dict) -> None:
     config = TrainConfig(**spec["config"])
     torch.manual_seed(0)
     result = PhaseTrainer(config, model=equivalence_net()).fit()
-    record = {"saves": saves, "steps": steps[0], "final": result.final, "world_size": int(os.environ["WORLD_SIZE"])}
+    record = {"saves": saves, "steps": steps[0], "final": result.final}
     (record_dir / f"rank{rank}.json").write_text(json.dumps(record))
     torch.save(result.model.state_dict(), record_dir / f"weights-rank{rank}.pt")
 
@@ -148,6 +148,14 @@ def test_shards_are_fixed_disjoint_and_cover_the_split():
         shard(items, 2, 2, pad=True)
 
 
+def test_ranks_shuffle_their_shards_by_their_own_seeds():
+    from phasenets.train.distributed import DistributedContext
+
+    first, second = (DistributedContext(rank, rank, 2, 2, torch.device("cpu")) for rank in range(2))
+    assert first.rank_seed(7) == 7  # one process shuffles as it always did
+    assert second.rank_seed(7) not in (7, second.rank_seed(8))
+
+
 def test_two_processes_match_one_process_at_the_same_global_batch(full_batch_data, tmp_path):
     """36 images, global batch 36: every step sees every image in both runs, so only the order of
     float additions differs (DDP averages two half-batch gradients; one process sums all 36).
@@ -174,7 +182,8 @@ def test_two_processes_match_one_process_at_the_same_global_batch(full_batch_dat
         assert record["final"]["loss"] == pytest.approx(single.final["loss"], rel=1e-5)
     # rank 0 alone writes checkpoints and the run's files
     assert records[0]["saves"] and records[1]["saves"] == []
-    assert sorted(path.name for path in (tmp_path / "two" / "checkpoints").iterdir()) == sorted(set(records[0]["saves"]))
+    written = sorted(path.name for path in (tmp_path / "two" / "checkpoints").iterdir())
+    assert written == sorted(set(records[0]["saves"]))
     assert (tmp_path / "two" / "summary.json").is_file()
 
 
@@ -203,7 +212,8 @@ def test_a_rank_that_raises_ends_the_job_and_the_run_resumes_with_equal_steps(od
     run_dir = tmp_path / "run"
     assert (run_dir / "checkpoints" / "phase2-last.pt").is_file()  # phase 2, epoch 1
 
-    resumed = {"record_dir": str(tmp_path / "resumed"), "config": job_config(odd_data, run_dir, resume=str(run_dir))}
+    resumed = {"record_dir": str(tmp_path / "resumed"),
+               "config": job_config(odd_data, run_dir, resume=str(run_dir))}
     job, _ = run_job(resumed, tmp_path)
     assert job.returncode == 0, job.stdout + job.stderr
     records = read_records(tmp_path / "resumed")
