@@ -41,8 +41,8 @@ def launch_training(config: TrainConfig) -> int:
     nproc = config.nproc
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if use_cuda and nproc > torch.cuda.device_count():
-        raise ConfigError(f"nproc={nproc} processes need {nproc} GPUs, torch sees {torch.cuda.device_count()}; "
-                          "use --nproc at most that, or --device cpu")
+        raise ConfigError(f"nproc={nproc} processes need {nproc} GPUs, torch sees "
+                          f"{torch.cuda.device_count()}; use --nproc at most that, or --device cpu")
     if use_cuda:
         log.info("starting %d processes, one per GPU (NCCL)", nproc)
     else:
