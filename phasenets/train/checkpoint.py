@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -10,10 +11,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "CheckpointWriter", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state"]
+__all__ = ["CheckpointError", "CheckpointWriter", "SHARED_STATE_KEY", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state"]
 
 FORMAT = "phasenets-checkpoint"
 VERSION = 1
+# A checkpoint may hold only part of ``model_state`` and name, under this key, a checkpoint file in
+# its own directory holding the rest: a phase's epochs then leave out the weights the phase never
+# changes (the frozen prefix, the blocks still to train), written once per phase.
+SHARED_STATE_KEY = "model_state_shared"
 
 
 class CheckpointError(ValueError):
@@ -65,38 +70,47 @@ class CheckpointWriter:
     when ``background`` is true, so that the training loop does not wait on serialization and disk.
 
     In the background, ``write`` snapshots the payload's tensors (a clone costs a fraction of
-    serializing them) and returns; the files are written while the next epoch trains, one write
-    at a time in the order submitted, each atomic, so a process killed at any moment leaves every
-    file at its previous or its new checkpoint, never torn: a killed run resumes from the last
-    checkpoint that was committed. An error in a write is raised by the next ``write``, ``wait``
-    or ``close``. Call ``wait`` or ``close`` before reading the files back.
+    serializing them) and returns; the files are written while training goes on, one at a time in
+    the order submitted, with at most ``max_pending`` payloads held (2 lets a phase's closing
+    checkpoint queue behind its last epoch's without waiting). Each write is atomic, so a process
+    killed at any moment leaves every file at its previous or its new checkpoint, never torn: a
+    killed run resumes from the last checkpoint committed. A failed write's error is raised by a
+    later ``write``, or at the latest by ``wait`` or ``close``; call one of them before reading
+    the files back.
     """
 
-    def __init__(self, save: Callable[[Path, dict[str, Any]], Any] = save_checkpoint, background: bool = True):
+    def __init__(self, save: Callable[[Path, dict[str, Any]], Any] = save_checkpoint, background: bool = True,
+                 max_pending: int = 2):
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         self._save = save
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phasenets-checkpoint") if background else None
-        self._pending: Future | None = None
+        self._pending: deque[Future] = deque()
+        self._max_pending = max_pending
 
     def write(self, paths: list[Path], payload: dict[str, Any]) -> None:
         """Save ``payload`` to each of ``paths``, in order."""
         if self._executor is None:
             self._save_each(paths, payload)
             return
-        self.wait()  # one write in flight at most: bounded memory, files committed in order
-        self._pending = self._executor.submit(self._save_each, list(paths), _snapshot(payload))
+        self._collect(keep=self._max_pending - 1)
+        self._pending.append(self._executor.submit(self._save_each, list(paths), _snapshot(payload)))
 
     def _save_each(self, paths: list[Path], payload: dict[str, Any]) -> None:
         for path in paths:
             self._save(path, payload)
 
     def wait(self) -> None:
-        """Block until the write in flight (if any) is committed; re-raise its error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        """Block until every write submitted is committed; re-raise the first error."""
+        self._collect(keep=0)
+
+    def _collect(self, keep: int) -> None:
+        """Wait until at most ``keep`` writes are pending; raise the error of any that finished."""
+        while self._pending and (len(self._pending) > keep or self._pending[0].done()):
+            self._pending.popleft().result()
 
     def close(self) -> None:
-        """Finish the write in flight and stop the thread."""
+        """Finish the writes submitted and stop the thread."""
         try:
             self.wait()
         finally:
@@ -105,7 +119,11 @@ class CheckpointWriter:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint`` (tensors and plain values only)."""
+    """Read a checkpoint written by ``save_checkpoint`` (tensors and plain values only).
+
+    A checkpoint naming a shared-state file (``SHARED_STATE_KEY``) comes back whole: its
+    ``model_state`` is completed from that file, which must sit beside it.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -117,6 +135,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a phasenets checkpoint")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {payload.get('version')}; this phasenets reads {VERSION}")
+    shared = payload.pop(SHARED_STATE_KEY, None)
+    if shared is not None:
+        if not (path.parent / shared).is_file():
+            raise CheckpointError(f"{path} keeps the weights its phase never changes in {shared}, which is not "
+                                  f"beside it: copy the checkpoints folder whole, or use final.pt (self-contained)")
+        payload["model_state"] = {**load_checkpoint(path.parent / shared, map_location)["model_state"],
+                                  **payload["model_state"]}
     return payload
 
 

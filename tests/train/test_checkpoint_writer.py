@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from phasenets.train.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
+from phasenets.train.checkpoint import SHARED_STATE_KEY, CheckpointError, CheckpointWriter, load_checkpoint, save_checkpoint
 
 
 def _payload(weight: torch.Tensor) -> dict:
@@ -36,12 +36,33 @@ def test_writes_in_order_and_matches_a_direct_save(tmp_path):
     writer.close()
 
 
-def test_a_failed_background_write_is_raised_by_the_next_call(tmp_path):
+def test_a_failed_background_write_is_raised_by_wait(tmp_path):
     def failing_save(path, payload):
         raise OSError(f"disk full writing {path.name}")
 
-    writer = CheckpointWriter(failing_save)
+    writer = CheckpointWriter(failing_save, max_pending=1)
     writer.write([tmp_path / "last.pt"], {"epoch": 1})
     with pytest.raises(OSError, match="disk full writing last.pt"):
-        writer.write([tmp_path / "last.pt"], {"epoch": 2})
+        writer.write([tmp_path / "last.pt"], {"epoch": 2})  # a full queue waits on the failed write
+    writer.write([tmp_path / "last.pt"], {"epoch": 3})
+    with pytest.raises(OSError, match="disk full writing last.pt"):
+        writer.wait()
     writer.close()
+
+
+def test_max_pending_must_be_positive():
+    with pytest.raises(ValueError, match="max_pending must be at least 1, got 0"):
+        CheckpointWriter(max_pending=0)
+
+
+def test_a_checkpoint_naming_a_shared_state_file_loads_whole(tmp_path):
+    save_checkpoint(tmp_path / "phase2-shared.pt", {"model_state": {"blocks.0.weight": torch.ones(2), "blocks.1.weight": torch.zeros(2)}})
+    save_checkpoint(tmp_path / "phase2-last.pt", {"model_state": {"blocks.1.weight": torch.full((2,), 5.0)},
+                                                  SHARED_STATE_KEY: "phase2-shared.pt", "epoch": 1})
+    payload = load_checkpoint(tmp_path / "phase2-last.pt")
+    assert SHARED_STATE_KEY not in payload and payload["epoch"] == 1
+    assert torch.equal(payload["model_state"]["blocks.0.weight"], torch.ones(2))
+    assert torch.equal(payload["model_state"]["blocks.1.weight"], torch.full((2,), 5.0))
+    (tmp_path / "phase2-shared.pt").unlink()
+    with pytest.raises(CheckpointError, match="phase2-shared.pt, which is not beside it"):
+        load_checkpoint(tmp_path / "phase2-last.pt")
