@@ -19,21 +19,24 @@ import pytest
 import torch
 from torch import nn
 
+from phasenets.train.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[2]
 JOB_TIMEOUT_S = 120  # far above a healthy job (about 10 s): only a hang gets near it
 COLLECTIVE_TIMEOUT_S = 20  # the jobs' dist_timeout: a failure must end the job well within it
 
 
-def equivalence_net():
-    """Three blocks without batch norm or dropout, so that one step over a batch split in two
-    halves computes the same update as one step over the whole batch (DDP averages gradients;
-    batch norm would normalize each half by its own statistics, dropout would draw other masks)."""
+def tiny_ddp_net(dropout: float = 0.0):
+    """Three blocks without batch norm, so that one step over a batch split in two halves computes
+    the same update as one step over the whole batch (DDP averages gradients; batch norm would
+    normalize each half by its own statistics). ``dropout`` > 0 draws masks (other ones than one
+    process would), for the resume test."""
     from phasenets.models import BlockwiseNet
 
     blocks = [
         nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
         nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
-        nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, 3)),
+        nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(8 * 4 * 4, 3)),
     ]
     return BlockwiseNet.from_modules(blocks, 3, (1, 16, 16))
 
@@ -84,7 +87,7 @@ def _worker(spec: dict) -> None:
     trainer_module.save_checkpoint = recording_save
     config = TrainConfig(**spec["config"])
     torch.manual_seed(0)
-    result = PhaseTrainer(config, model=equivalence_net()).fit()
+    result = PhaseTrainer(config, model=tiny_ddp_net(spec.get("dropout", 0.0))).fit()
     record = {"saves": saves, "steps": steps[0], "final": result.final}
     (record_dir / f"rank{rank}.json").write_text(json.dumps(record))
     torch.save(result.model.state_dict(), record_dir / f"weights-rank{rank}.pt")
@@ -109,6 +112,12 @@ def _job_environment() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+def assert_bitwise_equal(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(actual[name], value), name
 
 
 def read_records(record_dir: Path, nproc: int = 2) -> list[dict]:
@@ -171,7 +180,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(full_batch_dat
 
     torch.manual_seed(0)
     single = PhaseTrainer(TrainConfig(**job_config(full_batch_data, tmp_path / "one", batch_size=36)),
-                          model=equivalence_net()).fit()
+                          model=tiny_ddp_net()).fit()
     weights = torch.load(tmp_path / "records" / "weights-rank0.pt", weights_only=True)
     for name, value in single.model.state_dict().items():
         torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-5, msg=name)
@@ -187,11 +196,13 @@ def test_two_processes_match_one_process_at_the_same_global_batch(full_batch_dat
     assert (tmp_path / "two" / "summary.json").is_file()
 
 
-def fail_job(how: str, data_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    """A job whose rank 1 fails (``raise`` or ``kill``) after step 1 of phase 2's epoch 2; checks
+def fail_job(how: str, data_dir: Path, tmp_path: Path, dropout: float = 0.0,
+             **options) -> subprocess.CompletedProcess:
+    """A job whose rank 1 fails (``raise`` or ``kill``) after step 1 of phase 3's epoch 2; checks
     that every rank ended, with a non-zero exit, well within the collective timeout."""
-    spec = {"record_dir": str(tmp_path / "failed"), "config": job_config(data_dir, tmp_path / "run"),
-            "fail": {"rank": 1, "after_step": 7, "how": how}}  # 2 steps per epoch, 2 epochs per phase
+    spec = {"record_dir": str(tmp_path / "failed"), "dropout": dropout,
+            "config": job_config(data_dir, tmp_path / "run", **options),
+            "fail": {"rank": 1, "after_step": 11, "how": how}}  # 2 steps per epoch, 2 epochs per phase
     job, _ = run_job(spec, tmp_path)
     assert job.returncode != 0
     seconds = time.time() - float((tmp_path / "failed" / "failed_at").read_text())
@@ -204,25 +215,37 @@ def test_a_killed_rank_ends_the_job(odd_data, tmp_path):
     fail_job("kill", odd_data, tmp_path)
 
 
-def test_a_rank_that_raises_ends_the_job_and_the_run_resumes_with_equal_steps(odd_data, tmp_path):
-    """Uneven data too: 15 training images make shards of 8 (rank 1: 7 and 1 repeat), 9
-    validation images make evaluation shards of 5 and 4 that count each image once."""
-    job = fail_job("raise", odd_data, tmp_path)
-    assert "injected failure on rank 1" in job.stdout + job.stderr
-    run_dir = tmp_path / "run"
-    assert (run_dir / "checkpoints" / "phase2-last.pt").is_file()  # phase 2, epoch 1
-
-    resumed = {"record_dir": str(tmp_path / "resumed"),
-               "config": job_config(odd_data, run_dir, resume=str(run_dir))}
-    job, _ = run_job(resumed, tmp_path)
+def test_a_rank_that_raises_ends_the_job_and_the_resumed_run_ends_as_an_uninterrupted_one(odd_data, tmp_path):
+    """Uneven data and dropout too: 15 training images make shards of 8 (rank 1: 7 and 1 repeat),
+    9 validation images make evaluation shards of 5 and 4 that count each image once."""
+    # one persistent loader worker: a loader that starts its iterator anew on resume must not
+    # shift the dropout masks
+    reference = {"record_dir": str(tmp_path / "reference"), "dropout": 0.5,
+                 "config": job_config(odd_data, tmp_path / "reference-run", num_workers=1)}
+    job, _ = run_job(reference, tmp_path)
     assert job.returncode == 0, job.stdout + job.stderr
-    records = read_records(tmp_path / "resumed")
-    # what was left: phase 2 epoch 2 and phase 3 (2 epochs), 2 batches of 4 each, on both ranks
-    assert [record["steps"] for record in records] == [6, 6]
+    records = read_records(tmp_path / "reference")
+    assert [record["steps"] for record in records] == [12, 12]  # 2 batches of 4 x 2 epochs x 3 phases
     assert [record["final"]["count"] for record in records] == [9, 9]
     assert sum(map(sum, records[0]["final"]["confusion_matrix"])) == 9
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert [phase["epochs"] for phase in summary["phases"]] == [2, 2, 2]
+
+    job = fail_job("raise", odd_data, tmp_path, dropout=0.5, num_workers=1)
+    assert "injected failure on rank 1" in job.stdout + job.stderr
+    run_dir = tmp_path / "run"
+    assert (run_dir / "checkpoints" / "phase3-last.pt").is_file()  # phase 3, epoch 1
+    resumed = {"record_dir": str(tmp_path / "resumed"), "dropout": 0.5,
+               "config": job_config(odd_data, run_dir, resume=str(run_dir), num_workers=1)}
+    job, _ = run_job(resumed, tmp_path)
+    assert job.returncode == 0, job.stdout + job.stderr
+    # what was left: phase 3's epoch 2 (the one with dropout), on both ranks
+    assert [record["steps"] for record in read_records(tmp_path / "resumed")] == [2, 2]
+    # Bitwise the same phase end: the final weights are those of the best epoch, which may be
+    # epoch 1, so the optimizer's moments are what show that epoch 2 trained the same.
+    expected = load_checkpoint(tmp_path / "reference-run" / "checkpoints" / "phase3-last.pt")
+    ended = load_checkpoint(run_dir / "checkpoints" / "phase3-last.pt")
+    assert_bitwise_equal(ended["model_state"], expected["model_state"])
+    for slot, state in expected["optimizer"]["state"].items():
+        assert_bitwise_equal(ended["optimizer"]["state"][slot], state)
 
 
 def test_train_command_starts_its_own_processes(odd_data, tmp_path):
@@ -249,7 +272,7 @@ def test_autocast_runs_the_trainable_part_in_the_chosen_dtype(amp, dtype, odd_da
     from phasenets.config import TrainConfig
     from phasenets.train import PhaseTrainer
 
-    model = equivalence_net()
+    model = tiny_ddp_net()
     seen = set()
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):  # autocast casts these, whatever their input
