@@ -362,3 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # configuration, dataset, model and checkpoint errors all say what is valid
         print(f"phasenets {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # the reader went away (`phasenets summary --json | head`): not an error of ours; point
+        # stdout at devnull so the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
