@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,15 +26,18 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, damaged or not a phasenets checkpoint."""
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, payload: dict[str, Any], copies: Sequence[str | Path] = ()) -> Path:
     """Write ``payload`` to ``path`` so that a crash leaves either the old file or the new one.
 
     The bytes go to a temporary file in the same directory, are fsynced, and the file is then
     renamed over ``path`` (atomic on POSIX); the directory is fsynced so the rename survives too.
+    ``copies``: more paths to commit the same bytes to, in order, after ``path``. The payload is
+    serialized once (a phase's best and last checkpoints of one epoch are the same bytes): each
+    copy is a hard link, or a plain copy where the filesystem has no links, committed the same way.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary_name(path)
     try:
         with open(tmp, "wb") as handle:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
@@ -42,8 +46,35 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    directories = {path.parent}
+    for copy in map(Path, copies):
+        _commit_copy(path, copy)
+        directories.add(copy.parent)
+    for directory in directories:
+        _fsync_directory(directory)
     return path
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _commit_copy(source: Path, target: Path) -> None:
+    """Give ``target`` the committed bytes of ``source``, atomically. A hard link shares the file
+    safely because a committed checkpoint is never written in place, only renamed over."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(target)
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (or across devices): copy the bytes
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -66,7 +97,8 @@ def _snapshot(value: Any) -> Any:
 
 
 class CheckpointWriter:
-    """Writes checkpoints with ``save`` (``save_checkpoint`` by default), on a background thread
+    """Writes checkpoints with ``save`` (``save_checkpoint`` by default, called as ``save(first_path,
+    payload, copies=other_paths)``), on a background thread
     when ``background`` is true, so that the training loop does not wait on serialization and disk.
 
     In the background, ``write`` snapshots the payload's tensors (a clone costs a fraction of
@@ -79,7 +111,7 @@ class CheckpointWriter:
     the files back.
     """
 
-    def __init__(self, save: Callable[[Path, dict[str, Any]], Any] = save_checkpoint, background: bool = True,
+    def __init__(self, save: Callable[..., Any] = save_checkpoint, background: bool = True,
                  max_pending: int = 2):
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
@@ -97,8 +129,7 @@ class CheckpointWriter:
         self._pending.append(self._executor.submit(self._save_each, list(paths), _snapshot(payload)))
 
     def _save_each(self, paths: list[Path], payload: dict[str, Any]) -> None:
-        for path in paths:
-            self._save(path, payload)
+        self._save(paths[0], payload, copies=paths[1:])
 
     def wait(self) -> None:
         """Block until every write submitted is committed; re-raise the first error."""

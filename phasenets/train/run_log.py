@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -10,6 +11,10 @@ from phasenets.train.metrics import SplitMetrics
 __all__ = ["CSV_FIELDS", "RunLog", "read_metrics", "truncate_metrics", "plot_history"]
 
 CSV_FIELDS = ["phase", "epoch", "split", "loss", "accuracy", "top5", "lr", "seconds"]
+# Plots are redrawn at a phase end only while drawing them has cost under this share of the run's
+# time: a long run's curves stay current, a run of seconds is not slowed by five redraws.
+PLOT_TIME_SHARE = 0.05
+FIRST_PLOT_SECONDS = 0.5  # what the first drawing is assumed to cost (matplotlib's import included)
 
 
 class RunLog:
@@ -19,7 +24,13 @@ class RunLog:
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.run_dir = run_dir
         self.csv_path = run_dir / "metrics.csv"
+        self._opened = time.perf_counter()
+        self._rows = 0  # rows logged by this process
+        self._rows_plotted: int | None = None  # how many of them the plots on disk show
+        self._plot_seconds = 0.0  # drawing time so far
+        self._last_plot_seconds = FIRST_PLOT_SECONDS
         new_file = not self.csv_path.exists()
         self._file = open(self.csv_path, "a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=CSV_FIELDS)
@@ -37,6 +48,7 @@ class RunLog:
             "lr": f"{lr:.6g}", "seconds": f"{seconds:.3f}",
         })
         self._file.flush()
+        self._rows += 1
         if self._tensorboard is not None:
             self._tensorboard.add_scalar(f"{split}/loss", metrics.loss, step)
             self._tensorboard.add_scalar(f"{split}/accuracy", metrics.accuracy, step)
@@ -45,6 +57,21 @@ class RunLog:
             if split == "train":
                 self._tensorboard.add_scalar("lr", lr, step)
             self._tensorboard.flush()
+
+    def refresh_plots(self, phase_names: dict[int, str], *, final: bool = False) -> None:
+        """Redraw ``accuracy.png`` and ``loss.png`` (``plot_history``) if they are out of date: at
+        the run's end always, at a phase end only while the drawing stays under PLOT_TIME_SHARE
+        of the run's time (``phasenets plot RUN_DIR`` draws them any time)."""
+        if self._rows_plotted == self._rows:
+            return
+        elapsed = time.perf_counter() - self._opened
+        if not final and self._plot_seconds + self._last_plot_seconds > PLOT_TIME_SHARE * elapsed:
+            return
+        started = time.perf_counter()
+        plot_history(self.csv_path, self.run_dir, phase_names)
+        self._last_plot_seconds = time.perf_counter() - started
+        self._plot_seconds += self._last_plot_seconds
+        self._rows_plotted = self._rows
 
     def close(self) -> None:
         self._file.close()

@@ -36,7 +36,7 @@ from phasenets.train.metrics import MetricTracker, SplitMetrics, per_class_accur
 from phasenets.train.optim import build_lr_scheduler, build_optimizer
 from phasenets.train.plan import Phase, build_plan
 from phasenets.train.preflight import apply_report, check_images
-from phasenets.train.run_log import RunLog, plot_history, truncate_metrics
+from phasenets.train.run_log import RunLog, truncate_metrics
 from phasenets.train.sources import FrozenPrefixSource
 
 __all__ = ["PhaseTrainer", "PhaseResult", "TrainResult", "PhaseStage"]
@@ -186,6 +186,8 @@ class PhaseTrainer:
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         self.feature_levels = None
+        self._previous_shared: str | None = None  # the last phase-shared file written (_save_shared_state)
+        self._changed_since_shared: set[str] = set()  # state entries trained since it was written
         # In the background with one process; with several, a rank's next gradient all-reduce
         # means rank 0 has committed the checkpoints of the epochs before (what a failure leaves).
         self.checkpoints = CheckpointWriter(save_checkpoint, background=self.dist.world_size == 1)
@@ -300,6 +302,7 @@ class PhaseTrainer:
         """Restore the best weights (they are what later phases build on), test, checkpoint, plot."""
         phase = run.phase
         self.model.load_state_dict(run.best_state, strict=False)  # the stage's tensors, or all of them
+        self._changed_since_shared.update(self._stage_state(run, copy=False))
         val_metrics = run.best_validation  # evaluation is deterministic: the same weights score the same
         if val_metrics is None:
             val_metrics = self._evaluate(run.stage, self._source("validation", phase)).compute()
@@ -316,8 +319,12 @@ class PhaseTrainer:
         )
         self._save(run, ("last",), run.state([*done, result], completed=True))
         if self.run_log is not None:
-            plot_history(self.run_log.csv_path, self.run_dir, {p.index: p.name for p in self.plan})
+            self.run_log.refresh_plots(self._phase_names)
         return result
+
+    @property
+    def _phase_names(self) -> dict[int, str]:
+        return {phase.index: phase.name for phase in self.plan}
 
     def _info(self, message: str, *args: Any) -> None:
         """Progress lines come from rank 0 only."""
@@ -390,7 +397,8 @@ class PhaseTrainer:
                 "seconds": time.perf_counter() - started, "checkpoint": str(checkpoint),
             }
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            self.run_log.close()  # the plots are current: every phase's end drew them
+            self.run_log.refresh_plots(self._phase_names, final=True)
+            self.run_log.close()
         self.dist.barrier()
         return TrainResult(self.run_dir, self.data.classes, results, final, checkpoint,
                            time.perf_counter() - started, self.model)
@@ -636,11 +644,23 @@ class PhaseTrainer:
             self.checkpoints.write([self._checkpoint_path(run.phase, kind) for kind in kinds], payload)
 
     def _save_shared_state(self, run: _PhaseRun) -> None:
-        """Write, once per phase, the weights the phase never changes (everything outside its stage)."""
+        """Write, once per phase, the weights the phase never changes (everything outside its stage).
+
+        The first phase this process trains writes them all; each later phase writes only those
+        the phases since have changed (their stages) and names the previous phase's file for the
+        rest, which ``load_checkpoint`` follows. Untrained blocks are thus written once per run,
+        not once per phase (they are most of AlexNet's or VGG's weights).
+        """
         if self.dist.is_main:
             stage = self._stage_state(run, copy=False)
             shared = {name: tensor for name, tensor in self.model.state_dict().items() if name not in stage}
-            self.checkpoints.write([self._checkpoint_path(run.phase, "shared")], {"model_state": shared})
+            payload: dict[str, Any] = {"model_state": shared}
+            if self._previous_shared is not None:
+                changed = {name: tensor for name, tensor in shared.items() if name in self._changed_since_shared}
+                payload = {"model_state": changed, SHARED_STATE_KEY: self._previous_shared}
+            path = self._checkpoint_path(run.phase, "shared")
+            self.checkpoints.write([path], payload)
+            self._previous_shared, self._changed_since_shared = path.name, set()
 
     def _stage_state(self, run: _PhaseRun, copy: bool = True) -> dict[str, torch.Tensor]:
         """The entries of ``model.state_dict()`` that belong to the phase's stage: the only weights

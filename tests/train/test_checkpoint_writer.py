@@ -37,7 +37,7 @@ def test_writes_in_order_and_matches_a_direct_save(tmp_path):
 
 
 def test_a_failed_background_write_is_raised_by_wait(tmp_path):
-    def failing_save(path, payload):
+    def failing_save(path, payload, copies=()):
         raise OSError(f"disk full writing {path.name}")
 
     writer = CheckpointWriter(failing_save, max_pending=1)
@@ -66,3 +66,18 @@ def test_a_checkpoint_naming_a_shared_state_file_loads_whole(tmp_path):
     (tmp_path / "phase2-shared.pt").unlink()
     with pytest.raises(CheckpointError, match="phase2-shared.pt, which is not beside it"):
         load_checkpoint(tmp_path / "phase2-last.pt")
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_copies_hold_the_same_bytes_and_outlive_a_rewrite_of_the_original(tmp_path, monkeypatch, links):
+    if not links:  # a filesystem without hard links: the bytes are copied instead
+        def no_links(source, target):
+            raise OSError(95, "Operation not supported")
+        monkeypatch.setattr("phasenets.train.checkpoint.os.link", no_links)
+    save_checkpoint(tmp_path / "best.pt", {"epoch": 1, "model_state": {"w": torch.ones(3)}}, copies=[tmp_path / "last.pt"])
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert ((tmp_path / "best.pt").stat().st_ino == (tmp_path / "last.pt").stat().st_ino) == links
+    save_checkpoint(tmp_path / "last.pt", {"epoch": 2, "model_state": {"w": torch.zeros(3)}})  # the next epoch
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1 and load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model_state"]["w"], torch.ones(3))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary file left

@@ -80,9 +80,9 @@ def _worker(spec: dict) -> None:
     register_optimizer_step_post_hook(count_step)
     save_checkpoint = trainer_module.save_checkpoint
 
-    def recording_save(path, payload):
-        saves.append(Path(path).name)
-        return save_checkpoint(path, payload)
+    def recording_save(path, payload, copies=()):
+        saves.extend(Path(name).name for name in (path, *copies))
+        return save_checkpoint(path, payload, copies)
 
     trainer_module.save_checkpoint = recording_save
     config = TrainConfig(**spec["config"])

@@ -11,7 +11,7 @@ import torch
 from phasenets.config import TrainConfig
 from phasenets.data import DatasetError
 from phasenets.train import PhaseTrainer
-from phasenets.train.checkpoint import load_checkpoint
+from phasenets.train.checkpoint import SHARED_STATE_KEY, load_checkpoint
 
 from conftest import CLASSES, tiny_config, tiny_net, write_dataset
 
@@ -34,13 +34,33 @@ def test_frozen_blocks_stay_bitwise_unchanged(phasewise_run):
     result, initial, _ = phasewise_run
     run = result.run_dir / "checkpoints"
     final = load_checkpoint(run / "final.pt")["model_state"]
-    for phase in (1, 2):
+    for phase in (1, 2, 3):
         trained = load_checkpoint(run / f"phase{phase}-last.pt")["model_state"]
-        # the block trained in this phase (weights and batch-norm statistics) never moves again
-        _assert_equal_states(_block_entries(trained, phase), _block_entries(final, phase))
+        # the block trained in this phase and those before it (weights and batch-norm statistics)
+        # never move again
+        for earlier in range(1, phase + 1):
+            _assert_equal_states(_block_entries(trained, earlier), _block_entries(final, earlier))
         # and the blocks after it were untouched while it trained
         for later in range(phase + 1, 4):
             _assert_equal_states(_block_entries(trained, later), _block_entries(initial, later))
+
+
+def test_weights_outside_the_trained_stages_are_written_once(phasewise_run):
+    """phase1-shared.pt holds every weight phase 1 does not train; each later phase's shared file
+    holds only what the phase before it trained and names that phase's file for the rest, and
+    every phase checkpoint still loads whole."""
+    result, _, _ = phasewise_run
+    run = result.run_dir / "checkpoints"
+    raw = {path.name: torch.load(path, weights_only=True) for path in run.glob("phase*.pt")}
+    final = load_checkpoint(run / "final.pt")["model_state"]
+    assert SHARED_STATE_KEY not in raw["phase1-shared.pt"]
+    assert raw["phase1-shared.pt"]["model_state"].keys() == final.keys() - raw["phase1-last.pt"]["model_state"].keys()
+    for phase in (2, 3):
+        shared = raw[f"phase{phase}-shared.pt"]
+        assert shared[SHARED_STATE_KEY] == f"phase{phase - 1}-shared.pt"
+        previous_stage = raw[f"phase{phase - 1}-last.pt"]["model_state"].keys()
+        assert shared["model_state"].keys() == previous_stage - raw[f"phase{phase}-last.pt"]["model_state"].keys()
+        assert load_checkpoint(run / f"phase{phase}-last.pt")["model_state"].keys() == final.keys()
 
 
 def test_only_the_current_phase_gets_gradients(phasewise_run):
