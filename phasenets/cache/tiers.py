@@ -4,6 +4,8 @@
 half of the free GPU memory (activations, gradients and optimizer state need the rest) and at most
 half of the available RAM (the data loader, the model and the OS page cache need the rest).
 A forced tier only has to fit in what is free, and fails with a message that says what would.
+Where several processes on one machine each cache their own data, each counts on its share of
+the RAM (``local_processes``); a GPU is one process's own, so its free memory is not shared out.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def choose_tier(
     budget_bytes: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     device: torch.device | int | None = None,
+    local_processes: int = 1,
 ) -> str:
     """Return the tier a cache of ``nbytes`` should live in.
 
@@ -73,31 +76,35 @@ def choose_tier(
             beyond it; a forced ``cuda``/``host`` tier over it is an error).
         cache_dir: where the disk tier's file goes; without it there is no disk tier.
         device: the CUDA device for the ``cuda`` tier (default: the current one).
+        local_processes: the processes on this machine that each hold a cache of their own
+            (torchrun's ``LOCAL_WORLD_SIZE``): the ``host`` tier gets ``1 / local_processes`` of
+            the available RAM. ``budget_bytes`` is per process.
     """
     if tier not in ("auto", *TIERS):
         raise CacheTierError(f"unknown cache tier {tier!r}: choose one of 'auto', {', '.join(map(repr, TIERS))}")
     if tier == "auto":
-        return _choose_auto(nbytes, budget_bytes, cache_dir, device)
-    _check_forced(nbytes, tier, budget_bytes, cache_dir, device)
+        return _choose_auto(nbytes, budget_bytes, cache_dir, device, local_processes)
+    _check_forced(nbytes, tier, budget_bytes, cache_dir, device, local_processes)
     return tier
 
 
-def _choose_auto(nbytes, budget_bytes, cache_dir, device) -> str:
+def _choose_auto(nbytes, budget_bytes, cache_dir, device, local_processes) -> str:
     if torch.cuda.is_available() and _fits(nbytes, free_cuda_bytes(device), budget_bytes, AUTO_HEADROOM):
         return "cuda"
-    if _fits(nbytes, available_ram_bytes(), budget_bytes, AUTO_HEADROOM):
+    if _fits(nbytes, available_ram_bytes(), budget_bytes, AUTO_HEADROOM / local_processes):
         return "host"
     if cache_dir is not None:
         _check_disk_space(nbytes, cache_dir)
         return "disk"
     budget = "" if budget_bytes is None else f" or the budget of {_gib(budget_bytes)}"
+    shared = "" if local_processes == 1 else f" (RAM shared by {local_processes} processes)"
     raise CacheTierError(
-        f"a cache of {_gib(nbytes)} exceeds half of the free memory{budget}; "
+        f"a cache of {_gib(nbytes)} exceeds half of the free memory{shared}{budget}; "
         "pass cache_dir= to keep it in a memory-mapped file (tier 'disk')"
     )
 
 
-def _check_forced(nbytes, tier, budget_bytes, cache_dir, device) -> None:
+def _check_forced(nbytes, tier, budget_bytes, cache_dir, device, local_processes) -> None:
     if tier in ("cuda", "host") and budget_bytes is not None and nbytes > budget_bytes:
         raise CacheTierError(
             f"tier {tier!r} cannot hold {_gib(nbytes)} within the budget of {_gib(budget_bytes)}: "
@@ -113,9 +120,10 @@ def _check_forced(nbytes, tier, budget_bytes, cache_dir, device) -> None:
             )
     elif tier == "host":
         available = available_ram_bytes()
-        if available is not None and nbytes > available:
+        if available is not None and nbytes > available / local_processes:
+            shared = "" if local_processes == 1 else f" to {local_processes} processes"
             raise CacheTierError(
-                f"tier 'host' cannot hold {_gib(nbytes)}: {_gib(available)} of RAM available; "
+                f"tier 'host' cannot hold {_gib(nbytes)}: {_gib(available)} of RAM available{shared}; "
                 "use tier 'disk' with a cache_dir, or 'auto'"
             )
     elif tier == "disk":

@@ -16,6 +16,14 @@ Each cache is identified by a fingerprint over the frozen blocks' exact weights,
 preprocessing and augmentation, the dataset files, the storage dtype and the view count, so a
 resumed run (or another run sharing ``cache_dir``) reuses a committed disk cache and anything
 stale is rebuilt.
+
+With several processes, each rank caches its own fixed shard of every split (the trainer's
+``_samples``): its caches are named, and fingerprinted, as that rank's part of the split
+(``level2-train-rank1of2``), so ranks sharing ``cache_dir`` never share a file or a build lock,
+and no file is served to another rank or to a run with another number of processes. Every rank
+builds at the same phase start, on its own: a build runs no collective, so a rank slower to
+build only delays the phase's first collective, and a rank whose build raises exits like any
+failing rank.
 """
 from __future__ import annotations
 
@@ -79,8 +87,9 @@ class CacheSettings:
 class SplitFeed:
     """What the level caches of one split are built from and read back with.
 
-    ``make_loader()`` returns a loader over every sample of the split (unsharded, no dropped
-    batch) for the build; ``batching`` holds the ``ShardedBatchSampler`` options of the training
+    ``make_loader()`` returns a loader over every sample of this process's shard of the split
+    (no dropped batch) for the build; ``manifest`` lists that shard's files in order (padding
+    included); ``batching`` holds the ``ShardedBatchSampler`` options of the training
     loop's own loader, so that cached epochs visit the samples in the same order;
     ``preprocessing`` describes how the images are made (it goes into the fingerprint).
     """
@@ -164,21 +173,26 @@ class FeatureLevels:
         autocast: the trainer's mixed-precision context: the cache holds what the prefix
             would compute under it.
         seed: the run's seed (view draws and build order).
-        world_size: processes in the run; caching is off with more than one (each rank would
-            need its own shard cached: not implemented yet).
+        rank_tag: ``""`` in one process, else this rank's part of a split (``"-rank1of2"``,
+            ``DistributedContext.rank_tag``): it goes into every cache's name and fingerprint.
+        local_world_size: the processes on this machine, each with caches of its own: ``auto``
+            gives each of them that share of the RAM (a GPU is one process's own).
         info: rank 0's progress logger (``trainer._info``); ``show_progress`` turns on the bars.
     """
 
     def __init__(self, model: torch.nn.Module, feeds: dict[str, SplitFeed], settings: CacheSettings,
                  plan: list[Phase], device: torch.device, *,
                  autocast: Callable[[], ContextManager] = contextlib.nullcontext, seed: int = 0,
-                 world_size: int = 1, info: Callable[..., None] = log.info, show_progress: bool = False):
+                 rank_tag: str = "", local_world_size: int = 1, info: Callable[..., None] = log.info,
+                 show_progress: bool = False):
         self.model = model
         self.feeds = feeds
         self.settings = settings
         self.device = device
         self.autocast = autocast
         self.seed = seed
+        self.rank_tag = rank_tag
+        self.local_world_size = local_world_size
         self.info = info
         self.show_progress = show_progress
         self.level = 0  # the level held in self.caches (0: none)
@@ -187,19 +201,15 @@ class FeatureLevels:
         self.reuses = 0
         self.waits: dict[str, list[float]] = {}  # phase name -> [seconds waiting, seconds of its epochs]
         self._logged_waits: set[str] = set()
-        self.enabled = self._decide(plan, world_size)
+        self.enabled = self._decide(plan)
 
-    def _decide(self, plan: list[Phase], world_size: int) -> bool:
+    def _decide(self, plan: list[Phase]) -> bool:
         mode = self.settings.mode
         if mode == "off":
             return False
-        reason = None
-        if not any(phase.frozen_prefix > 0 for phase in plan):
-            reason = "no phase has a frozen prefix (standard and progressive schedules train every block)"
-        elif world_size > 1:
-            reason = "several processes: a per-rank cache is not implemented yet"
-        if reason is None:
+        if any(phase.frozen_prefix > 0 for phase in plan):
             return True
+        reason = "no phase has a frozen prefix (standard and progressive schedules train every block)"
         if mode != "auto":
             raise ConfigError(f"cache={mode!r} cannot be used: {reason}; use --cache off or auto")
         self.info("feature cache off: %s", reason)
@@ -237,21 +247,22 @@ class FeatureLevels:
     # ------------------------------------------------------------------ building
 
     def _advance_to(self, level: int) -> None:
-        """Hold level ``level`` for every split, building it from the level held now (or from the
-        images, when the held level is not below it), then free the older one."""
+        """Hold level ``level`` for every split, then free the level held before."""
         if level == self.level:
             return
-        built = {split: self._open_or_build(level, split) for split in self.feeds}
+        held = {split: self._level_cache(level, split) for split in self.feeds}
         self.close()
-        self.caches, self.level = built, level
+        self.caches, self.level = held, level
 
-    def _open_or_build(self, level: int, split: str) -> FeatureCache:
+    def _level_cache(self, level: int, split: str) -> FeatureCache:
+        """Level ``level`` of ``split``: the committed file of its fingerprint where there is one,
+        else built by block ``level`` from level ``level - 1`` (``_fill``)."""
         feed = self.feeds[split]
         settings = self.settings
         views = settings.views if feed.augmented else 1
         feature_shape = self.model.block_output_shapes[level - 1]
         fingerprint = self._fingerprint(level, split, views)
-        name = f"level{level}-{split}"
+        name = f"level{level}-{self._part(split)}"
         shape = dict(num_samples=len(feed.labels), feature_shape=feature_shape, views=views, dtype=settings.dtype)
         nbytes = _cache_nbytes(feature_shape, len(feed.labels), views, settings.dtype)
         started = time.perf_counter()
@@ -267,8 +278,8 @@ class FeatureLevels:
             cache = FeatureCache.create(fingerprint=fingerprint, tier=tier, budget_bytes=settings.budget_bytes, **shape)
             self._fill(cache, level, split)
             cache.commit()
-        self.info("level %d cache (%s): %s tier, %d samples x %d view(s) in %s, %.1f MiB, %s in %.1fs", level, split,
-                  cache.tier, len(feed.labels), views, settings.dtype, cache.nbytes / 2**20,
+        self.info("level %d cache (%s): %s tier, %d samples x %d view(s) in %s, %.1f MiB, %s in %.1fs", level,
+                  self._part(split), cache.tier, len(feed.labels), views, settings.dtype, cache.nbytes / 2**20,
                   "reused" if reused else "built", time.perf_counter() - started)
         return cache
 
@@ -287,33 +298,53 @@ class FeatureLevels:
         mode = self.settings.mode
         try:
             return choose_tier(nbytes, mode, budget_bytes=self.settings.budget_bytes,
-                               cache_dir=self.settings.cache_dir, device=self.device if self.device.type == "cuda" else None)
+                               cache_dir=self.settings.cache_dir, device=self.device if self.device.type == "cuda" else None,
+                               local_processes=self.local_world_size)
         except CacheTierError as error:
             raise CacheTierError(f"--cache {mode}: {error}") from None
 
     @torch.no_grad()
     def _fill(self, cache: FeatureCache, level: int, split: str) -> None:
-        """One streaming pass of blocks ``from..level`` over every view of ``split``."""
+        """One streaming pass of block ``level`` over every view of level ``level - 1``.
+
+        One block at a time, whatever level the run starts from (a resumed run, a reused frozen
+        prefix): each level is rounded to the storage dtype before the next block reads it, so a
+        fingerprint names the same values however the run got there.
+        """
         self.builds += 1
-        start = self.level if 0 < self.level < level else 0
-        blocks = [self.model.blocks[k] for k in range(start, level)]
-        modes = [block.training for block in blocks]
-        for block in blocks:
-            block.eval()  # frozen blocks: batch-norm statistics are used, never updated
+        block = self.model.blocks[level - 1]
+        mode = block.training
+        block.eval()  # a frozen block: batch-norm statistics are used, never updated
         try:
-            batches = self._previous_level(split, cache.views) if start else self._images(split, cache.views)
-            total = len(self.feeds[split].labels) * cache.views
-            with tqdm(total=total, desc=f"caching level {level} ({split})", unit="img", leave=False,
-                      disable=not self.show_progress) as bar:
-                for inputs, indices, view in batches:
-                    with self.autocast():
-                        for block in blocks:
+            with self._inputs_of(level, split) as previous:
+                batches = (self._images(split, cache.views) if previous is None
+                           else self._batches_of(previous, split, cache.views))
+                total = len(self.feeds[split].labels) * cache.views
+                with tqdm(total=total, desc=f"caching level {level} ({split})", unit="img", leave=False,
+                          disable=not self.show_progress) as bar:
+                    for inputs, indices, view in batches:
+                        with self.autocast():
                             inputs = block(inputs)
-                    cache.write(indices, inputs, view=view)
-                    bar.update(len(indices))
+                        cache.write(indices, inputs, view=view)
+                        bar.update(len(indices))
         finally:
-            for block, mode in zip(blocks, modes):
-                block.train(mode)
+            block.train(mode)
+
+    @contextlib.contextmanager
+    def _inputs_of(self, level: int, split: str) -> Iterator[FeatureCache | None]:
+        """What block ``level`` reads to build its level: None for the images (level 1), the
+        level held now, or else level ``level - 1`` opened or built for the purpose and released
+        once read."""
+        if level == 1:
+            yield None
+        elif self.level == level - 1:
+            yield self.caches[split]
+        else:
+            previous = self._level_cache(level - 1, split)
+            try:
+                yield previous
+            finally:
+                previous.close()
 
     def _images(self, split: str, views: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         loader = self.feeds[split].make_loader()
@@ -322,8 +353,8 @@ class FeatureLevels:
             for images, _, indices in loader:
                 yield images.to(self.device, non_blocking=True), indices, view
 
-    def _previous_level(self, split: str, views: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        previous = self.caches[split]
+    def _batches_of(self, previous: FeatureCache, split: str,
+                    views: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         # a shuffled order: an int8 cache fixes its scale from the first batch, which should be typical
         order = torch.from_numpy(np.random.default_rng([self.seed, previous.num_samples]).permutation(previous.num_samples))
         batch_size = self.feeds[split].batching["batch_size"]
@@ -331,6 +362,10 @@ class FeatureLevels:
             for features, indices in previous.batches(order, batch_size, views=view, device=self.device,
                                                       prefetch=PREFETCH_BATCHES):
                 yield features, indices, view
+
+    def _part(self, split: str) -> str:
+        """The part of ``split`` this process caches: all of it in one process, else its shard."""
+        return f"{split}{self.rank_tag}"
 
     def _fingerprint(self, level: int, split: str, views: int) -> str:
         feed = self.feeds[split]
@@ -340,8 +375,8 @@ class FeatureLevels:
             "input_shape": list(self.model.input_shape), "blocks": [repr(block) for block in frozen],
         }
         return cache_fingerprint([block.state_dict() for block in frozen], model_config,
-                                 {**feed.preprocessing, "split": split}, feed.manifest, self.settings.dtype, views,
-                                 FORMAT_VERSION)
+                                 {**feed.preprocessing, "split": self._part(split)}, feed.manifest, self.settings.dtype,
+                                 views, FORMAT_VERSION)
 
     def close(self) -> None:
         """Release every cache held (disk files stay for reuse); log how long the phases that

@@ -562,13 +562,17 @@ class PhaseTrainer:
     def _feature_levels(self) -> FeatureLevels:
         """The level caches later phases read their frozen prefix from (see feature_levels.py)."""
         cfg = self.config
-        feeds = {split: self._split_feed(split, loader) for split, loader in self.loaders.items()}
+        # the test split is read through the cache only by the per-phase test passes of --use-test
+        feeds = {split: self._split_feed(split, loader) for split, loader in self.loaders.items()
+                 if split != "test" or cfg.use_test}
         settings = CacheSettings.from_config(cfg, self.run_dir, feeds["train"].augmented)
         return FeatureLevels(self.model, feeds, settings, self.plan, self.dist.device, autocast=self._autocast,
-                             seed=cfg.seed, world_size=self.dist.world_size, info=self._info,
-                             show_progress=self.dist.is_main and sys.stdout.isatty())
+                             seed=cfg.seed, rank_tag=self.dist.rank_tag, local_world_size=self.dist.local_world_size,
+                             info=self._info, show_progress=self.dist.is_main and sys.stdout.isatty())
 
     def _split_feed(self, split: str, loader) -> SplitFeed:
+        from phasenets.cache import dataset_manifest
+
         augment = self._augment(split)
         augmented = augment is not None and augment.enabled
         preprocessing = {  # everything that makes the images (the augmentation seed only where it matters)
@@ -576,8 +580,10 @@ class PhaseTrainer:
             "augment": augment, "seed": self.config.seed if augmented else None, "amp": self.config.amp,
             "loader": type(loader).__name__,
         }
-        return SplitFeed(labels=torch.tensor([sample.label for sample in self._samples(split)]),
-                         manifest=self.data.manifest(split), make_loader=functools.partial(self._loader, split, True),
+        samples = self._samples(split)  # what this rank caches: its shard, padded as it trains on it
+        return SplitFeed(labels=torch.tensor([sample.label for sample in samples]),
+                         manifest=dataset_manifest(sample.path for sample in samples),
+                         make_loader=functools.partial(self._loader, split, True),
                          batching=self._batching(split), preprocessing=preprocessing, augmented=augmented)
 
     def _source(self, split: str, phase: Phase):

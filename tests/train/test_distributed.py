@@ -2,13 +2,15 @@
 
 Each job runs as a subprocess under a timeout, so a hang fails its test instead of stalling CI.
 This file is also the job's entry point: torchrun runs it as a script, and ``_worker`` then trains
-one rank, records what that rank did (checkpoint writes, optimizer steps, final metrics and
-weights) and, when asked, fails after a chosen step by raising or by killing itself.
+one rank, records what that rank did (checkpoint writes, optimizer steps, its feature caches,
+final metrics and weights) and, when asked, fails after a chosen step by raising or by killing
+itself, or raises in its first cache build.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,9 +44,12 @@ def tiny_ddp_net(dropout: float = 0.0):
 
 
 def job_config(data_dir: Path, output: Path, **options) -> dict:
+    """The jobs cache the frozen prefix (``auto``: in RAM) in fp32, so that reading features back
+    changes nothing: runs with 1 or 2 processes, with or without the cache, compare within float32
+    rounding (fp16 storage could round one rank's features an ulp apart from the other run's)."""
     settings = dict(data_dir=str(data_dir), output=str(output), in_channels=1, batch_size=4, max_epochs=2,
                     patience=0, num_workers=0, loader="torch", tensorboard=False, optimizer="adam", lr=0.01,
-                    seed=0, deterministic=True, num_threads=1, dist_timeout=COLLECTIVE_TIMEOUT_S)
+                    seed=0, deterministic=True, num_threads=1, dist_timeout=COLLECTIVE_TIMEOUT_S, cache_dtype="fp32")
     settings.update(options)
     return settings
 
@@ -60,6 +65,7 @@ def _worker(spec: dict) -> None:
     from phasenets.config import TrainConfig
     from phasenets.train import PhaseTrainer
     from phasenets.train import trainer as trainer_module
+    from phasenets.train.feature_levels import FeatureLevels
 
     rank = int(os.environ["RANK"])
     record_dir = Path(spec["record_dir"])
@@ -71,13 +77,19 @@ def _worker(spec: dict) -> None:
         steps[0] += 1
         # After a step, not before one: its gradient all-reduce means rank 0 has saved every
         # checkpoint of the epochs before, so what the failed run leaves behind is certain.
-        if failure is not None and failure["rank"] == rank and steps[0] == failure["after_step"]:
+        if failure is not None and failure["rank"] == rank and steps[0] == failure.get("after_step"):
             (record_dir / "failed_at").write_text(str(time.time()))
             if failure["how"] == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected failure on rank {rank}")
 
+    def failing_build(*_):
+        (record_dir / "failed_at").write_text(str(time.time()))
+        raise RuntimeError(f"injected cache build failure on rank {rank}")
+
     register_optimizer_step_post_hook(count_step)
+    if failure is not None and failure["rank"] == rank and failure["how"] == "raise in a cache build":
+        FeatureLevels._fill = failing_build
     save_checkpoint = trainer_module.save_checkpoint
 
     def recording_save(path, payload, copies=()):
@@ -87,8 +99,11 @@ def _worker(spec: dict) -> None:
     trainer_module.save_checkpoint = recording_save
     config = TrainConfig(**spec["config"])
     torch.manual_seed(0)
-    result = PhaseTrainer(config, model=tiny_ddp_net(spec.get("dropout", 0.0))).fit()
-    record = {"saves": saves, "steps": steps[0], "final": result.final}
+    trainer = PhaseTrainer(config, model=tiny_ddp_net(spec.get("dropout", 0.0)))
+    result = trainer.fit()
+    levels = trainer.feature_levels
+    record = {"saves": saves, "steps": steps[0], "final": result.final,
+              "cache": {"enabled": levels.enabled, "builds": levels.builds, "reuses": levels.reuses}}
     (record_dir / f"rank{rank}.json").write_text(json.dumps(record))
     torch.save(result.model.state_dict(), record_dir / f"weights-rank{rank}.pt")
 
@@ -186,6 +201,8 @@ def test_two_processes_match_one_process_at_the_same_global_batch(full_batch_dat
         torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-5, msg=name)
     records = read_records(tmp_path / "records")
     for record in records:
+        # auto cached each rank's shard: levels 1 and 2 of train and validation
+        assert record["cache"] == {"enabled": True, "builds": 4, "reuses": 0}
         assert record["final"]["count"] == 12  # the validation split, each image once
         assert record["final"]["confusion_matrix"] == single.final["confusion_matrix"]
         assert record["final"]["loss"] == pytest.approx(single.final["loss"], rel=1e-5)
@@ -198,11 +215,14 @@ def test_two_processes_match_one_process_at_the_same_global_batch(full_batch_dat
 
 def fail_job(how: str, data_dir: Path, tmp_path: Path, dropout: float = 0.0,
              **options) -> subprocess.CompletedProcess:
-    """A job whose rank 1 fails (``raise`` or ``kill``) after step 1 of phase 3's epoch 2; checks
-    that every rank ended, with a non-zero exit, well within the collective timeout."""
+    """A job whose rank 1 fails: ``raise`` or ``kill`` after step 1 of phase 3's epoch 2, or
+    ``raise in a cache build`` (its first, at phase 2's start); checks that every rank ended,
+    with a non-zero exit, well within the collective timeout."""
+    failure = {"rank": 1, "how": how}
+    if how != "raise in a cache build":
+        failure["after_step"] = 11  # 2 steps per epoch, 2 epochs per phase
     spec = {"record_dir": str(tmp_path / "failed"), "dropout": dropout,
-            "config": job_config(data_dir, tmp_path / "run", **options),
-            "fail": {"rank": 1, "after_step": 11, "how": how}}  # 2 steps per epoch, 2 epochs per phase
+            "config": job_config(data_dir, tmp_path / "run", **options), "fail": failure}
     job, _ = run_job(spec, tmp_path)
     assert job.returncode != 0
     seconds = time.time() - float((tmp_path / "failed" / "failed_at").read_text())
@@ -246,6 +266,71 @@ def test_a_rank_that_raises_ends_the_job_and_the_resumed_run_ends_as_an_uninterr
     assert_bitwise_equal(ended["model_state"], expected["model_state"])
     for slot, state in expected["optimizer"]["state"].items():
         assert_bitwise_equal(ended["optimizer"]["state"][slot], state)
+
+
+def test_a_rank_whose_cache_build_raises_ends_the_job(odd_data, tmp_path):
+    job = fail_job("raise in a cache build", odd_data, tmp_path)
+    assert "injected cache build failure on rank 1" in job.stdout + job.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# per-rank feature caches
+
+
+def test_two_processes_train_from_their_caches_as_without_one(odd_data, tmp_path):
+    """Each rank caches its own shard (rank 1's padded with a repeat) in fp32; reading it back
+    gives the batches recomputing would, so training ends the same (as in one process:
+    test_cached_training)."""
+    for cache in ("host", "off"):
+        spec = {"record_dir": str(tmp_path / cache),
+                "config": job_config(odd_data, tmp_path / f"run-{cache}", cache=cache)}
+        job, _ = run_job(spec, tmp_path)
+        assert job.returncode == 0, job.stdout + job.stderr
+    cached, recomputed = read_records(tmp_path / "host"), read_records(tmp_path / "off")
+    assert [record["cache"]["builds"] for record in cached] == [4, 4]  # levels 1, 2 of train, validation
+    assert [record["cache"]["enabled"] for record in recomputed] == [False, False]
+    for with_cache, without in zip(cached, recomputed):
+        assert with_cache["final"]["confusion_matrix"] == without["final"]["confusion_matrix"]
+        assert with_cache["final"]["loss"] == pytest.approx(without["final"]["loss"], rel=1e-6)
+    reference = torch.load(tmp_path / "off" / "weights-rank0.pt", weights_only=True)
+    for name, value in torch.load(tmp_path / "host" / "weights-rank0.pt", weights_only=True).items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_ranks_keep_their_own_disk_caches_and_only_the_same_ranks_reuse_them(odd_data, tmp_path):
+    """Two ranks sharing --cache-dir write a file each per level and split; a second run reuses
+    them all, except a file of the other rank put in place of one of its own (same shape, other
+    shard: the fingerprint tells them apart); one process caches anew under its own names."""
+    from phasenets.config import TrainConfig
+    from phasenets.train import PhaseTrainer
+
+    shared = tmp_path / "shared-cache"
+
+    def run(name: str) -> list[dict]:
+        spec = {"record_dir": str(tmp_path / name),
+                "config": job_config(odd_data, tmp_path / name / "run", cache="disk", cache_dir=str(shared))}
+        job, _ = run_job(spec, tmp_path)
+        assert job.returncode == 0, job.stdout + job.stderr
+        return read_records(tmp_path / name)
+
+    first = run("first")
+    files = sorted(path.name for path in shared.glob("*.pncache"))
+    assert files == sorted(f"level{level}-{split}-rank{rank}of2.pncache"
+                           for level in (1, 2) for split in ("train", "validation") for rank in (0, 1))
+    assert [record["cache"]["builds"] for record in first] == [4, 4]
+
+    shutil.copyfile(shared / "level2-train-rank1of2.pncache", shared / "level2-train-rank0of2.pncache")
+    second = run("second")
+    assert [(record["cache"]["builds"], record["cache"]["reuses"]) for record in second] == [(1, 3), (0, 4)]
+    assert_bitwise_equal(torch.load(tmp_path / "second" / "weights-rank0.pt", weights_only=True),
+                         torch.load(tmp_path / "first" / "weights-rank0.pt", weights_only=True))
+
+    torch.manual_seed(0)
+    trainer = PhaseTrainer(TrainConfig(**job_config(odd_data, tmp_path / "one", cache="disk", cache_dir=str(shared))),
+                           model=tiny_ddp_net())
+    trainer.fit()
+    assert (trainer.feature_levels.builds, trainer.feature_levels.reuses) == (4, 0)
+    assert len(list(shared.glob("*.pncache"))) == 8 + 4
 
 
 def test_train_command_starts_its_own_processes(odd_data, tmp_path):
