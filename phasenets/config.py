@@ -152,6 +152,11 @@ class TrainConfig:
     max_epochs: int = _option(100, "maximum epochs of each phase")
     patience: int = _option(10, "stop a phase after this many epochs without validation improvement (0: never)")
     monitor: str = _option("accuracy", "validation metric that picks a phase's best weights", choices=MONITORS)
+    precise_bn: bool = _option(
+        False, "at the end of each phase, re-estimate the batch-norm statistics of its blocks over the whole "
+        "training set (one extra forward pass) before they are frozen, instead of keeping the running "
+        "averages of its last batches"
+    )
 
     # the run
     seed: int = _option(1, "random seed of initialization, shuffling and augmentation")

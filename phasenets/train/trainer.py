@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from phasenets.config import ConfigError, TrainConfig
+from phasenets.train.batch_norm import reestimate_batch_norm
 from phasenets.train.checkpoint import (SHARED_STATE_KEY, CheckpointWriter, capture_rng_state, load_checkpoint, restore_rng_state,
                                         save_checkpoint)
 from phasenets.train.curriculum import plan_around_frozen, task_record, task_splits
@@ -299,11 +300,15 @@ class PhaseTrainer:
         self._info("resuming %s after epoch %d", run.phase.name, run.epoch)
 
     def _end_phase(self, run: _PhaseRun, done: list[PhaseResult]) -> PhaseResult:
-        """Restore the best weights (they are what later phases build on), test, checkpoint, plot."""
+        """Restore the best weights (they are what later phases build on), re-estimate their batch-norm
+        statistics (``precise_bn``), test, checkpoint, plot."""
         phase = run.phase
         self.model.load_state_dict(run.best_state, strict=False)  # the stage's tensors, or all of them
         self._changed_since_shared.update(self._stage_state(run, copy=False))
         val_metrics = run.best_validation  # evaluation is deterministic: the same weights score the same
+        reestimated = self.config.precise_bn and self._precise_batch_norm(run)
+        if reestimated:
+            val_metrics = None  # the best epoch's scores were those of its old statistics
         if val_metrics is None:
             val_metrics = self._evaluate(run.stage, self._source("validation", phase)).compute()
         test_metrics = None
@@ -317,10 +322,23 @@ class PhaseTrainer:
             seconds=time.perf_counter() - run.started, best_checkpoint=str(self._checkpoint_path(phase, "best")),
             last_checkpoint=str(self._checkpoint_path(phase, "last")),
         )
-        self._save(run, ("last",), run.state([*done, result], completed=True))
+        # "best" too where the statistics changed: --ckpt-dir and --init-from build on it
+        self._save(run, ("best", "last") if reestimated else ("last",), run.state([*done, result], completed=True))
         if self.run_log is not None:
             self.run_log.refresh_plots(self._phase_names)
         return result
+
+    def _precise_batch_norm(self, run: _PhaseRun) -> bool:
+        """Re-estimate the batch-norm statistics of the blocks this phase trained with one pass over
+        its training inputs, the same on every rank (batch_norm.py); False where they have none."""
+        trained = [block for k, block in zip(run.phase.trainable_blocks, run.stage.blocks)
+                   if k not in self.frozen_blocks]  # a reused block kept frozen stays as it came
+        run.train_source.set_epoch(run.epoch - 1)  # the last epoch's views, also after a resume that reaches here
+        inputs = (self._layout(batch) for batch, _, _ in run.train_source)
+        images = reestimate_batch_norm(trained, inputs, self.dist.all_reduce_sum, self._autocast)
+        if images:
+            self._info("%s: batch-norm statistics re-estimated over %d images", run.phase.name, images)
+        return images > 0
 
     @property
     def _phase_names(self) -> dict[int, str]:
