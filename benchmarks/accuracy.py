@@ -1,8 +1,11 @@
 """The accuracy study (issue 8) as a script: ``python benchmarks/accuracy.py [--quick] [options]``.
 
 The same as ``phasenets bench accuracy``; the logic lives in ``phasenets/study.py`` so that the
-installed command can run it. By default the table goes into ``benchmarks/ACCURACY.md`` (the
-notes around its generated block are kept) and the plot into ``benchmarks/accuracy.png``.
+installed command can run it. By default the records go to the committed
+``benchmarks/accuracy-results.jsonl`` (so that the study's raw data travel with the repository and
+any machine can extend it), the table into ``benchmarks/ACCURACY.md`` (the notes around its
+generated block are kept) and the plot into ``benchmarks/accuracy.png``. ``--quick`` (a smoke run)
+keeps all of them in its own output folder instead, as ``phasenets bench accuracy`` does.
 """
 from __future__ import annotations
 
@@ -16,16 +19,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from phasenets.study import add_study_arguments, run_from_args  # noqa: E402
 
+HERE = Path(__file__).resolve().parent
+
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Without --quick, --results defaults to benchmarks/accuracy-results.jsonl (committed) and "
+               "--report to benchmarks/ACCURACY.md.")
     add_study_arguments(parser)
-    parser.set_defaults(report=os.path.relpath(Path(__file__).with_name("ACCURACY.md")))
     args = parser.parse_args()
+    if not args.quick:  # a smoke run's records would mix into the committed study
+        args.results = args.results or os.path.relpath(HERE / "accuracy-results.jsonl")
+        args.report = args.report or os.path.relpath(HERE / "ACCURACY.md")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     outcome = run_from_args(args, program="python benchmarks/accuracy.py")
-    print(f"{outcome.new_runs} new runs, {len(outcome.records)} in all; table: {outcome.report}; plot: {outcome.plot}")
-    return 0
+    print(outcome.summary())
+    return 1 if outcome.failed else 0
 
 
 if __name__ == "__main__":

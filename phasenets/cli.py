@@ -231,8 +231,8 @@ def _add_bench(commands) -> argparse.ArgumentParser:
     studies = parser.add_subparsers(dest="bench_command", required=True, metavar="STUDY")
     accuracy = studies.add_parser(
         "accuracy", help="phase-wise vs end-to-end test accuracy on Fashion-MNIST subsets: table + PNG",
-        description="Trains every (model, size, schedule, seed) not yet in OUTPUT/results.jsonl, then "
-                    "writes the markdown table and the plot.",
+        description="Trains every (model, size, schedule, seed) not yet in the results file (--results, "
+                    "default OUTPUT/results.jsonl), then writes the markdown table and the plot.",
     )
     add_study_arguments(accuracy)
     return parser
@@ -242,8 +242,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     from phasenets.study import run_from_args
 
     outcome = run_from_args(args)
-    print(f"{outcome.new_runs} new runs, {len(outcome.records)} in all; table: {outcome.report}; plot: {outcome.plot}")
-    return EXIT_OK
+    print(outcome.summary())
+    return EXIT_FAILED if outcome.failed else EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,11 +3,17 @@
 For every (model, training images per class, schedule, seed) the study imports a seeded subset of
 Fashion-MNIST (validation drawn from the remaining training images, test the official 10,000 or
 ``test_per_class`` of them), trains it with ``PhaseTrainer`` under one shared set of settings and
-appends one JSON line to ``<output>/results.jsonl``. A rerun reads that file and skips every
-configuration already there, so a study killed after hours continues where it stopped. The report
-(a markdown table of mean and standard deviation per configuration, with the machine, the date and
-the commands that produced it, plus a PNG of test accuracy against training-set size) is rebuilt
-from the whole file after every run.
+appends one JSON line to the results file (``<output>/results.jsonl`` unless given; the committed
+``benchmarks/accuracy-results.jsonl`` for ``benchmarks/accuracy.py``). A rerun reads that file and
+skips every configuration already there, so a study killed after hours continues where it stopped,
+and another machine can extend a committed study. The report (a markdown table of mean and
+standard deviation per configuration, with the machine, the date and the commands that produced
+it, plus a PNG of test accuracy against training-set size) is rebuilt from the whole file after
+every run.
+
+``jobs`` > 1 trains that many configurations at once, each in a process of its own; the study's
+process prepares the data subsets, and is the only one to write the results file and the report.
+A run that fails is reported and left out; the others go on.
 
 Schedules: ``phasewise`` (one block per phase, earlier blocks frozen), ``standard`` (all blocks
 at once) and ``phasewise+finetune`` (phase-wise, then every block unfrozen at a tenth of the
@@ -26,12 +32,17 @@ import dataclasses
 import json
 import logging
 import math
+import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import shlex
 import shutil
 import statistics
+import sys
+import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,10 +102,14 @@ class StudySettings:
     loader: str = "auto"
     num_workers: int = 1
     num_threads: int = 1
+    cache_views: int | None = None  # None: the trainer's default (1 without augmentation)
+    precise_bn: bool = False  # re-estimate batch-norm statistics at each phase's end (TrainConfig.precise_bn)
 
     def __post_init__(self) -> None:
         if self.epochs_per_phase < 1:
             raise ValueError(f"epochs_per_phase must be at least 1, got {self.epochs_per_phase}")
+        if self.cache_views is not None and self.cache_views < 1:
+            raise ValueError(f"cache_views must be at least 1, got {self.cache_views}")
         if self.test_per_class is not None and not 1 <= self.test_per_class <= 1000:
             raise ValueError(f"test_per_class must be in 1..1000 (Fashion-MNIST's test set), got {self.test_per_class}")
 
@@ -119,12 +134,20 @@ QUICK = {"models": ("lenet5", "shathenet"), "sizes": (50,), "seeds": 1, "test_pe
 
 @dataclass
 class StudyOutcome:
-    """What ``run_study`` did: every record of the results file, and how many runs it added."""
+    """What ``run_study`` did: every record of the results file, how many runs it added, and the
+    names of those that failed (their errors were logged; a rerun tries them again)."""
 
     records: list[dict[str, Any]]
     new_runs: int
     report: Path
     plot: Path
+    failed: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the command line's output."""
+        failed = f"; {len(self.failed)} failed: {', '.join(self.failed)}" if self.failed else ""
+        return (f"{self.new_runs} new runs, {len(self.records)} in all{failed}; table: {self.report}; "
+                f"plot: {self.plot}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,34 +172,156 @@ def plan_runs(models: Iterable[str], sizes: Iterable[int], schedules: Iterable[s
 def run_study(output_dir: str | os.PathLike, *, models: Iterable[str] = tuple(MODEL_INPUTS),
               sizes: Iterable[int] = SIZES, schedules: Iterable[str] = SCHEDULES, seeds: Iterable[int] = (0, 1, 2),
               settings: StudySettings = StudySettings(), command: str = "", report: str | os.PathLike | None = None,
-              verbose: bool = False) -> StudyOutcome:
-    """Run every configuration not yet in ``<output_dir>/results.jsonl``, then write the report.
+              results: str | os.PathLike | None = None, jobs: int = 1, verbose: bool = False) -> StudyOutcome:
+    """Run every configuration not yet in the results file, then write the report.
 
-    ``report``: the markdown file to write the table into (default ``<output_dir>/ACCURACY.md``);
-    an existing file keeps everything outside the generated block. The PNG goes next to it.
-    ``command`` is recorded with each new result and printed above the table.
+    ``results``: the JSON-lines file of run records (default ``<output_dir>/results.jsonl``), read
+    to skip finished runs and appended to; the report is rebuilt from all of it. ``output_dir``
+    holds the data subsets and the run folders. ``report``: the markdown file to write the table
+    into (default ``<output_dir>/ACCURACY.md``); an existing file keeps everything outside the
+    generated block. The PNG goes next to it. ``jobs``: configurations trained at once, each in a
+    process of its own (1: one after the other, in this process). ``command`` is recorded with
+    each new result and printed above the table. Runs that fail are named in the outcome.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    results_path = output_dir / RESULTS_FILE
+    results_path = Path(results) if results is not None else output_dir / RESULTS_FILE
+    results_path.parent.mkdir(parents=True, exist_ok=True)
     report_path = Path(report) if report is not None else output_dir / "ACCURACY.md"
     specs = plan_runs(models, sizes, schedules, seeds)
     done = {record["key"] for record in load_results(results_path)}
     todo = [spec for spec in specs if _key(spec, settings) not in done]
     log.info("accuracy study: %d of %d runs already in %s, %d to go", len(specs) - len(todo), len(specs),
              results_path, len(todo))
-    for number, spec in enumerate(todo, 1):
-        data_dir = prepare_data(output_dir / "data", spec.per_class, spec.seed, settings.test_per_class)
-        with _trainer_logging(verbose):
-            record = train_run(spec, data_dir, output_dir / "runs" / spec.name, settings)
-        record["command"] = command
-        _append_result(results_path, record)
-        write_report(load_results(results_path), report_path)  # a study cut short still has its table
-        log.info("[%d/%d] %s: test accuracy %.4f in %.1fs", number, len(todo), spec.name,
-                 record["test_accuracy"], record["seconds"])
+    study = _Study(output_dir, settings, results_path, report_path, command, verbose, total=len(todo))
+    if jobs == 1:
+        study.run_in_turn(todo)
+    else:
+        study.run_in_parallel(todo, jobs)
     records = load_results(results_path)
     plot_path = write_report(records, report_path)
-    return StudyOutcome(records, len(todo), report_path, plot_path)
+    return StudyOutcome(records, len(todo) - len(study.failed), report_path, plot_path, study.failed)
+
+
+@dataclass
+class _Child:
+    """A run in a process of its own; it sends its record, or its error, once through ``results``."""
+
+    spec: RunSpec
+    process: multiprocessing.process.BaseProcess
+    results: multiprocessing.connection.Connection
+
+
+@dataclass
+class _Study:
+    """The study's own process: it prepares the data subsets, starts the runs, and is the only
+    writer of the results file and the report."""
+
+    output_dir: Path
+    settings: StudySettings
+    results: Path
+    report: Path
+    command: str
+    verbose: bool
+    total: int
+    finished: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def run_in_turn(self, todo: list[RunSpec]) -> None:
+        for spec in todo:
+            data_dir = self._data_dir(spec)
+            try:
+                with _trainer_logging(self.verbose):
+                    record = train_run(spec, data_dir, self._run_dir(spec), self.settings)
+            except Exception:  # the other runs go on
+                self._fail(spec, traceback.format_exc())
+            else:
+                self._add(spec, record)
+
+    def run_in_parallel(self, todo: list[RunSpec], jobs: int) -> None:
+        # spawn, not fork: a forked child would inherit torch's thread pools and this process's state
+        context = multiprocessing.get_context("spawn")
+        pending, running = list(todo), {}
+        try:
+            while pending or running:
+                while pending and len(running) < jobs:
+                    child = self._start(context, pending.pop(0))
+                    running[child.results] = child
+                for results in multiprocessing.connection.wait(list(running)):
+                    self._collect(running.pop(results))
+        finally:  # interrupted (Ctrl-C), or a data subset failed to import: no run outlives the study
+            for child in running.values():
+                child.process.terminate()
+            for child in running.values():
+                child.process.join()
+
+    def _start(self, context, spec: RunSpec) -> _Child:
+        data_dir = self._data_dir(spec)  # imported here, before its first run starts: runs never race for it
+        receiver, sender = context.Pipe(duplex=False)
+        arguments = (spec, data_dir, self._run_dir(spec), self.settings, self.verbose, sender)
+        process = context.Process(target=_train_in_child, args=arguments, name=f"study {spec.name}")
+        process.start()
+        sender.close()  # the child holds the only sending end: its exit, however it comes, ends our wait
+        return _Child(spec, process, receiver)
+
+    def _collect(self, child: _Child) -> None:
+        try:
+            kind, payload = child.results.recv()
+        except EOFError:  # killed, or crashed below Python, before it could send anything
+            kind, payload = "error", None
+        child.process.join()
+        child.results.close()
+        if kind == "record":
+            self._add(child.spec, payload)
+        else:
+            self._fail(child.spec, payload or f"its process ended with exit code {child.process.exitcode}")
+
+    def _add(self, spec: RunSpec, record: dict[str, Any]) -> None:
+        self.finished += 1
+        record["command"] = self.command
+        _append_result(self.results, record)
+        write_report(load_results(self.results), self.report)  # a study cut short still has its table
+        log.info("[%d/%d] %s: test accuracy %.4f in %.1fs", self.finished, self.total, spec.name,
+                 record["test_accuracy"], record["seconds"])
+
+    def _fail(self, spec: RunSpec, error: str) -> None:
+        self.finished += 1
+        self.failed.append(spec.name)
+        log.error("[%d/%d] %s failed (left out of the results; a rerun tries it again):\n%s", self.finished,
+                  self.total, spec.name, error.rstrip())
+
+    def _data_dir(self, spec: RunSpec) -> Path:
+        return prepare_data(self.output_dir / "data", spec.per_class, spec.seed, self.settings.test_per_class)
+
+    def _run_dir(self, spec: RunSpec) -> Path:
+        return self.output_dir / "runs" / spec.name
+
+
+def _train_in_child(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySettings, verbose: bool,
+                    results: multiprocessing.connection.Connection) -> None:
+    """One run of ``jobs`` > 1, in its own process: its record, or its error, goes back through ``results``."""
+    _exit_with_parent()
+    logging.basicConfig(level=logging.INFO, format=f"{spec.name}: %(message)s", stream=sys.stdout)
+    try:
+        with _trainer_logging(verbose):
+            outcome = ("record", train_run(spec, data_dir, run_dir, settings))
+    except Exception:  # the study reports it and goes on with the other runs
+        outcome = ("error", traceback.format_exc())
+    results.send(outcome)
+
+
+def _exit_with_parent() -> None:
+    """End this process when the study's process is gone (killed before it could stop its runs):
+    an orphaned run would go on training into the folder that the study's next start clears."""
+    parent = multiprocessing.parent_process()
+
+    def exit_after_parent() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=exit_after_parent, name="exit with the study", daemon=True).start()
 
 
 def prepare_data(data_root: Path, per_class: int, seed: int, test_per_class: int | None) -> Path:
@@ -221,7 +366,8 @@ def train_config(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySe
         patience=settings.patience,
         finetune_epochs=settings.epochs_per_phase if spec.schedule == "phasewise+finetune" else 0,
         finetune_lr_scale=settings.finetune_lr_scale, loader=settings.loader, num_workers=settings.num_workers,
-        num_threads=settings.num_threads, seed=spec.seed, output=str(run_dir), tensorboard=False,
+        num_threads=settings.num_threads, cache_views=settings.cache_views, precise_bn=settings.precise_bn,
+        seed=spec.seed, output=str(run_dir), tensorboard=False,
     )
 
 
@@ -512,7 +658,14 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``phasenets bench accuracy`` (and ``benchmarks/accuracy.py``)."""
     defaults = StudySettings()
     parser.add_argument("--output", default=None,
-                        help="study folder: results.jsonl, data/, runs/ (default: runs/accuracy, or runs/accuracy-quick)")
+                        help="study folder: data/, runs/ and, by default, results.jsonl "
+                             "(default: runs/accuracy, or runs/accuracy-quick)")
+    parser.add_argument("--results", default=None,
+                        help="JSON-lines file of the run records: finished runs are skipped, new ones appended, "
+                             "and the report is rebuilt from all of it (default: OUTPUT/results.jsonl)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="configurations trained at once, each in its own process with --num-threads "
+                             "threads (their times then share the cores)")
     parser.add_argument("--report", default=None, help="markdown file for the table (default: OUTPUT/ACCURACY.md); "
                         "the PNG is written next to it")
     parser.add_argument("--quick", action="store_true",
@@ -535,6 +688,11 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loader", default=defaults.loader, choices=("auto", "dali", "torch"))
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--num-threads", type=int, default=defaults.num_threads, help="compute threads per run")
+    parser.add_argument("--cache-views", type=int, default=defaults.cache_views,
+                        help="augmented views per training image in the feature cache (default: the trainer's, "
+                             "1 without augmentation)")
+    parser.add_argument("--precise-bn", action="store_true",
+                        help="re-estimate batch-norm statistics over the training set at the end of every phase")
     parser.add_argument("--verbose", action="store_true", help="print the trainer's per-epoch lines")
 
 
@@ -552,10 +710,12 @@ def run_from_args(args: argparse.Namespace, program: str = "phasenets bench accu
         epochs_per_phase=args.epochs_per_phase, patience=args.patience, optimizer=args.optimizer, lr=args.lr,
         batch_size=args.batch_size, head=args.head, augment=args.augment, test_per_class=test_per_class,
         loader=args.loader, num_workers=args.num_workers, num_threads=args.num_threads,
+        cache_views=args.cache_views, precise_bn=args.precise_bn,
     )
     output = args.output or ("runs/accuracy-quick" if args.quick else "runs/accuracy")
     return run_study(output, models=models, sizes=sizes, schedules=_name_list(args.schedules), seeds=range(seeds),
-                     settings=settings, command=command, report=args.report, verbose=args.verbose)
+                     settings=settings, command=command, report=args.report, results=args.results, jobs=args.jobs,
+                     verbose=args.verbose)
 
 
 def command_line(args: argparse.Namespace, program: str) -> str:

@@ -1,15 +1,20 @@
 """The accuracy study: a tiny real run through the CLI, resuming, and the report built from records."""
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
 from phasenets.cli import main
 from phasenets.study import (
-    REPORT_BEGIN, REPORT_END, RESULTS_FILE, _append_result, format_table, load_results, plan_runs,
-    summarize_results, write_report,
+    REPORT_BEGIN, REPORT_END, RESULTS_FILE, RunSpec, StudySettings, _append_result, _key, add_study_arguments,
+    command_line, format_table, load_results, plan_runs, summarize_results, train_config, write_report,
 )
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
 
 TINY = ["--models", "lenet5", "--sizes", "2", "--seeds", "1", "--schedules", "phasewise,standard",
         "--epochs-per-phase", "1", "--test-per-class", "2", "--loader", "torch", "--num-workers", "0"]
@@ -120,3 +125,99 @@ def test_unknown_models_and_schedules_list_the_valid_ones():
     with pytest.raises(ValueError, match="valid: phasewise, standard, phasewise\\+finetune"):
         plan_runs(["lenet5"], [50], ["greedy"], [0])
     assert main(["bench", "accuracy", "--sizes", "fifty"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# the results file, parallel runs, failures, the investigation settings
+
+OUTCOME_FIELDS = ("key", "model", "per_class", "schedule", "seed", "settings", "test_accuracy", "test_images",
+                  "validation_accuracy", "cache")
+
+
+def _outcomes(path) -> dict[str, dict]:
+    """What a run found, by key: everything but its times, paths, machine and command."""
+    outcomes = {}
+    for record in load_results(path):
+        phases = [{k: v for k, v in phase.items() if k != "seconds"} for phase in record["phases"]]
+        outcomes[record["key"]] = {**{name: record[name] for name in OUTCOME_FIELDS}, "phases": phases}
+    return outcomes
+
+
+def test_two_jobs_record_what_one_job_does_into_a_results_file_elsewhere(tmp_path, fashion_mnist, capsys):
+    in_turn, parallel = tmp_path / "in-turn", tmp_path / "parallel"
+    assert main(["bench", "accuracy", "--output", str(in_turn), *TINY]) == 0
+    results = tmp_path / "committed" / "accuracy-results.jsonl"
+    assert main(["bench", "accuracy", "--output", str(parallel), "--results", str(results), "--jobs", "2",
+                 *TINY]) == 0
+    assert "2 new runs, 2 in all" in capsys.readouterr().out
+    assert not (parallel / RESULTS_FILE).exists()
+    # on CPU with one thread per run, a run in a process of its own trains exactly as in this one
+    assert _outcomes(results) == _outcomes(in_turn / RESULTS_FILE)
+    assert all("--jobs 2" in record["command"] for record in load_results(results))
+    report = (parallel / "ACCURACY.md").read_text()
+    assert "from 2 runs" in report and "| lenet5 | 2 | standard | 1 |" in report
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failing_run_leaves_the_others_records_and_fails_the_study(tmp_path, fashion_mnist, capsys, caplog, jobs):
+    output = tmp_path / "study"
+    blocker = output / "runs" / "lenet5-2pc-standard-seed0"  # a file where the run wants its folder
+    blocker.parent.mkdir(parents=True)
+    blocker.touch()
+    assert main(["bench", "accuracy", "--output", str(output), "--jobs", str(jobs), *TINY]) == 1
+    assert "1 new runs, 1 in all; 1 failed: lenet5-2pc-standard-seed0" in capsys.readouterr().out
+    assert "lenet5-2pc-standard-seed0 failed" in caplog.text and "FileExistsError" in caplog.text
+    assert [record["schedule"] for record in load_results(output / RESULTS_FILE)] == ["phasewise"]
+    assert "| lenet5 | 2 | phasewise | 1 |" in (output / "ACCURACY.md").read_text()
+
+    blocker.unlink()  # a rerun does what failed, and only that
+    assert main(["bench", "accuracy", "--output", str(output), *TINY]) == 0
+    assert "1 new runs, 2 in all" in capsys.readouterr().out
+
+
+def test_investigation_settings_enter_the_key_the_variant_and_the_run():
+    spec = RunSpec("lenet5", 50, "phasewise", 0)
+    keys = {_key(spec, StudySettings()), _key(spec, StudySettings(precise_bn=True)),
+            _key(spec, StudySettings(cache_views=4))}
+    assert len(keys) == 3
+    with pytest.raises(ValueError, match="cache_views must be at least 1"):
+        StudySettings(cache_views=0)
+
+    config = train_config(spec, Path("data"), Path("run"), StudySettings(cache_views=4, precise_bn=True), num_blocks=5)
+    assert (config.cache_views, config.precise_bn) == (4, True)
+
+    parser = argparse.ArgumentParser()
+    add_study_arguments(parser)
+    args = parser.parse_args(["--precise-bn", "--cache-views", "4", "--results", "r.jsonl", "--jobs", "2"])
+    assert " --jobs 2 " in command_line(args, "study") and command_line(args, "study").endswith(
+        "--cache-views 4 --precise-bn")
+
+    records = [_record(schedule="phasewise"), _record(schedule="phasewise", accuracy=0.6),
+               _record(schedule="phasewise", accuracy=0.7)]
+    records[0]["settings"] = {"cache_views": None, "precise_bn": False}
+    records[1]["settings"] = {"cache_views": None, "precise_bn": True}
+    records[2]["settings"] = {"cache_views": 4, "precise_bn": False}
+    assert [row.variant for row in summarize_results(records)] == [
+        "cache_views=4, precise_bn=False", "cache_views=None, precise_bn=False", "cache_views=None, precise_bn=True"]
+
+
+def test_the_script_keeps_its_records_in_the_committed_file_but_a_quick_run_does_not(monkeypatch):
+    loading = importlib.util.spec_from_file_location("accuracy_script", SCRIPT)
+    script = importlib.util.module_from_spec(loading)
+    loading.loader.exec_module(script)
+    seen = []
+
+    class Outcome:
+        failed: list = []
+
+        def summary(self) -> str:
+            return ""
+
+    monkeypatch.setattr(script, "run_from_args", lambda args, program: seen.append(args) or Outcome())
+    for argv in ([], ["--quick"]):
+        monkeypatch.setattr("sys.argv", ["accuracy.py", *argv])
+        assert script.main() == 0
+    full, quick = seen
+    assert Path(full.results).resolve() == SCRIPT.with_name("accuracy-results.jsonl")
+    assert Path(full.report).resolve() == SCRIPT.with_name("ACCURACY.md")
+    assert (quick.results, quick.report) == (None, None)  # its output folder's, as `phasenets bench accuracy --quick`
