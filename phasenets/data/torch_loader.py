@@ -12,6 +12,7 @@ batches; an evaluation that must count each sample once can drop repeats by thei
 """
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -103,6 +104,7 @@ class TorchImageLoader:
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=_single_threaded_worker if num_workers > 0 else None,
         )
+        self._workers_forked = False
 
     @property
     def num_samples(self) -> int:
@@ -123,6 +125,13 @@ class TorchImageLoader:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if self._loader.num_workers > 0 and not self._workers_forked:
+            # The (persistent) workers are forked from this process on the first iteration. Its
+            # unreachable garbage goes first: a worker would otherwise finalize it, and some
+            # finalizers hang in a forked child (a DALI pipeline's waits on threads that only
+            # the parent has), taking the epoch down with them.
+            gc.collect()
+            self._workers_forked = True
         return iter(self._loader)
 
 

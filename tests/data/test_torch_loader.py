@@ -1,3 +1,5 @@
+import gc
+import os
 import sys
 
 import pytest
@@ -139,3 +141,36 @@ def test_build_loader_falls_back_to_torch_when_dali_is_missing(tmp_path, monkeyp
     assert isinstance(build_loader(samples, kind="torch", **options), data.TorchImageLoader)
     with pytest.raises(ValueError, match="valid: auto, dali, torch"):
         build_loader(samples, kind="pil", **options)
+
+
+class _ParentOnlyGarbage:
+    """Cyclic garbage that records it if a process other than its creator finalizes it."""
+
+    def __init__(self, marker):
+        self.creator, self.marker, self.cycle = os.getpid(), marker, self
+
+    def __del__(self):
+        if os.getpid() != self.creator:
+            self.marker.write_text("finalized in a worker")
+
+
+def test_workers_never_finalize_the_parents_garbage(tmp_path, monkeypatch):
+    """A worker forked while the parent holds uncollected garbage would finalize it (DALI
+    pipelines hang there): the loader collects it before its workers start."""
+    import phasenets.data.torch_loader as torch_loader
+
+    worker_init = torch_loader._single_threaded_worker
+    monkeypatch.setattr(torch_loader, "_single_threaded_worker", lambda worker: (worker_init(worker), gc.collect()))
+    samples = indexed_samples(tmp_path)
+    marker = tmp_path / "finalized"
+    enabled = gc.isenabled()
+    gc.disable()  # no automatic collection may come between the garbage and the fork
+    try:
+        _ParentOnlyGarbage(marker)
+        loader = build_torch_loader(samples, image_size=4, in_channels=1, augment=None, normalization=IDENTITY,
+                                    batch_size=5, shuffle=False, seed=0, num_workers=2)
+        assert len(load_all(loader)[0]) == 12
+    finally:
+        if enabled:
+            gc.enable()
+    assert not marker.exists()
