@@ -220,8 +220,10 @@ class PhaseTrainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         self.feature_levels = self._feature_levels()
         self.run_log = self._open_log(start) if self.dist.is_main else None
+        resolved = self._resolved_config()
+        self.config_record = resolved.to_dict()  # what every checkpoint and the summary record
         if self.dist.is_main:
-            self._resolved_config().save(self.run_dir / "config.yaml")
+            resolved.save(self.run_dir / "config.yaml")
 
         if cfg.resume is not None and start.checkpoint is not None and not start.mid_phase:
             restore_rng_state(start.checkpoint["rng"])  # as the completed phase left them
@@ -410,7 +412,7 @@ class PhaseTrainer:
         if self.dist.is_main:
             self.checkpoints.write([checkpoint], self._payload(self.plan[-1], {"completed": True}))
             summary = {
-                "config": self._resolved_config().to_dict(), "classes": self.data.classes,
+                "config": self.config_record, "classes": self.data.classes,
                 "model": self._model_record(), "phases": [asdict(r) for r in results], "final": final,
                 "seconds": time.perf_counter() - started, "checkpoint": str(checkpoint),
             }
@@ -654,7 +656,7 @@ class PhaseTrainer:
         return {
             "model_state": self.model.state_dict(), "model": self._model_record(), "classes": self.data.classes,
             "normalization": {"mean": list(self.normalization.mean), "std": list(self.normalization.std)},
-            "config": self._resolved_config().to_dict(), "phase": phase.index, "phase_name": phase.name,
+            "config": self.config_record, "phase": phase.index, "phase_name": phase.name,
             "task": self.task, "frozen_blocks": self.frozen_blocks, "rng": capture_rng_state(), **state,
         }
 
