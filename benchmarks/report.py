@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -137,6 +138,11 @@ def render(rows: list[dict], host: dict[str, str], command: str, exit_code: int)
     return "\n".join(lines) + "\n"
 
 
+def _natural_order(name: str) -> list:
+    """Numbers inside a name sort as numbers: "T2 5 epochs" before "T2 15 epochs"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=HERE / ".benchmarks" / "latest.json",
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         command += "  # runs: " + shlex.join(["python", *argv_used[1:]])
     benchmarks = json.loads(json_path.read_text())["benchmarks"] if json_path.is_file() else []
     rows = judged_rows(benchmarks) + gather_rows_t4(benchmarks) + loader_rows_t5(benchmarks)
-    rows.sort(key=lambda row: row["target_id"])
+    rows.sort(key=lambda row: _natural_order(row["target_id"]))
     RESULTS.write_text(render(rows, machine(), command, exit_code))
     print(f"wrote {RESULTS} ({len(rows)} targets)")
     return exit_code
