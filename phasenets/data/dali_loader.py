@@ -295,6 +295,13 @@ class DaliLoader:
         return len(self._paths)
 
     @property
+    def description(self) -> str:
+        """What makes the batches, for the trainer's log."""
+        if self._device_id is None:
+            return f"DALI, CPU pipelines, {self._num_threads} thread(s)"
+        return f"DALI, nvJPEG decoding and GPU operators on cuda:{self._device_id}"
+
+    @property
     def bad_files(self) -> list[str]:
         """One message per file quarantined so far (path and reason), in index order; their
         batch slots got a substitute sample."""

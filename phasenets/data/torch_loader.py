@@ -111,6 +111,12 @@ class TorchImageLoader:
         """Samples in the whole split (all ranks together, before any padding)."""
         return len(self.dataset)
 
+    @property
+    def description(self) -> str:
+        """What makes the batches, for the trainer's log."""
+        workers = self._loader.num_workers
+        return f"PIL + DataLoader, {workers} worker process(es)" if workers else "PIL + DataLoader, in this process"
+
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch`` (deterministic in seed and epoch); the view follows the epoch."""
         self.sampler.epoch = epoch

@@ -217,6 +217,9 @@ class PhaseTrainer:
         for phase in skipped:
             self._info("%s skipped: it would train only reused frozen blocks", phase.name)
         self.loaders = {split: self._loader(split) for split in ("train", "validation", "test") if self.data.split(split)}
+        self._info("data: %s images in %d classes; loader: %s", ", ".join(
+            f"{len(self._samples(split))} {split}" for split in self.loaders), self.data.num_classes,
+            self.loaders["train"].description)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         self.feature_levels = self._feature_levels()
         self.run_log = self._open_log(start) if self.dist.is_main else None

@@ -91,6 +91,8 @@ def test_batches_carry_the_labels_and_indices_of_their_images(flat):
     seen = _assert_images_show_their_indices(loader, flat)
     assert seen != sorted(seen), "shuffle=True should not give the file order"
     assert len(loader) == 3 and loader.num_samples == len(flat)
+    expected = "CPU pipelines" if not torch.cuda.is_available() else "GPU operators on cuda:"
+    assert loader.description.startswith("DALI, ") and expected in loader.description
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])

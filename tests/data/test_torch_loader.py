@@ -37,6 +37,8 @@ def test_labels_and_indices_match_the_file_list(tmp_path, num_workers):
         assert label == samples[index].label
         assert image.mean().item() * 255 == pytest.approx(10 * index.item(), abs=0.5)
     assert len(loader) == 3 and loader.num_samples == 12
+    assert loader.description == ("PIL + DataLoader, 2 worker process(es)" if num_workers else
+                                  "PIL + DataLoader, in this process")
 
 
 def test_shuffle_is_deterministic_per_seed_and_epoch(tmp_path):

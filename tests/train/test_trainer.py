@@ -158,3 +158,12 @@ def test_dataset_problems_stop_before_training(tmp_path, problem, message):
     with pytest.raises(DatasetError, match=message):
         PhaseTrainer(tiny_config(data, tmp_path / "run"), model=tiny_net()).fit()
     assert not (tmp_path / "run").exists()
+
+
+def test_the_log_says_what_data_and_which_loader_a_run_uses(tiny_data, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="phasenets"):
+        PhaseTrainer(tiny_config(tiny_data, tmp_path / "run", schedule="standard", max_epochs=1), model=tiny_net()).fit()
+    assert "data: 36 train, 12 validation, 12 test images in 3 classes; loader: PIL + DataLoader, in this process" \
+        in caplog.text
