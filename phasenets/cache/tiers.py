@@ -66,6 +66,7 @@ def choose_tier(
     cache_dir: str | os.PathLike | None = None,
     device: torch.device | int | None = None,
     local_processes: int = 1,
+    gpu: bool = True,
 ) -> str:
     """Return the tier a cache of ``nbytes`` should live in.
 
@@ -79,17 +80,20 @@ def choose_tier(
         local_processes: the processes on this machine that each hold a cache of their own
             (torchrun's ``LOCAL_WORLD_SIZE``): the ``host`` tier gets ``1 / local_processes`` of
             the available RAM. ``budget_bytes`` is per process.
+        gpu: whether ``auto`` may choose the ``cuda`` tier; False where the features are read on
+            the CPU (training with ``--device cpu`` on a machine that has a GPU), where GPU memory
+            would only add a device-to-host copy to every batch.
     """
     if tier not in ("auto", *TIERS):
         raise CacheTierError(f"unknown cache tier {tier!r}: choose one of 'auto', {', '.join(map(repr, TIERS))}")
     if tier == "auto":
-        return _choose_auto(nbytes, budget_bytes, cache_dir, device, local_processes)
+        return _choose_auto(nbytes, budget_bytes, cache_dir, device, local_processes, gpu)
     _check_forced(nbytes, tier, budget_bytes, cache_dir, device, local_processes)
     return tier
 
 
-def _choose_auto(nbytes, budget_bytes, cache_dir, device, local_processes) -> str:
-    if torch.cuda.is_available() and _fits(nbytes, free_cuda_bytes(device), budget_bytes, AUTO_HEADROOM):
+def _choose_auto(nbytes, budget_bytes, cache_dir, device, local_processes, gpu) -> str:
+    if gpu and torch.cuda.is_available() and _fits(nbytes, free_cuda_bytes(device), budget_bytes, AUTO_HEADROOM):
         return "cuda"
     if _fits(nbytes, available_ram_bytes(), budget_bytes, AUTO_HEADROOM / local_processes):
         return "host"

@@ -299,7 +299,7 @@ class FeatureLevels:
         try:
             return choose_tier(nbytes, mode, budget_bytes=self.settings.budget_bytes,
                                cache_dir=self.settings.cache_dir, device=self.device if self.device.type == "cuda" else None,
-                               local_processes=self.local_world_size)
+                               local_processes=self.local_world_size, gpu=self.device.type == "cuda")
         except CacheTierError as error:
             raise CacheTierError(f"--cache {mode}: {error}") from None
 

@@ -32,3 +32,11 @@ def test_a_forced_host_tier_must_fit_the_process_share(four_gib_of_ram_and_no_gp
 
 def test_the_budget_is_per_process(four_gib_of_ram_and_no_gpu_room):
     assert choose_tier(GIB // 2, budget_bytes=GIB, local_processes=2) == "host"
+
+
+def test_auto_takes_gpu_memory_only_for_features_read_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(tiers.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tiers, "free_cuda_bytes", lambda device=None: 80 * GIB)
+    monkeypatch.setattr(tiers, "available_ram_bytes", lambda: 4 * GIB)
+    assert choose_tier(GIB) == "cuda"
+    assert choose_tier(GIB, gpu=False) == "host"  # --device cpu on a machine with a GPU
