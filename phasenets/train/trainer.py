@@ -243,11 +243,13 @@ class PhaseTrainer:
         self.dist.barrier()  # every rank is done with the previous phase and its cache build
         run = self._start_phase(phase, done)
         self._save_shared_state(run)
-        if resumed is not None:
-            self._resume_phase(run, resumed)
         self._info("%s/%d: training blocks %d-%d (%d trainable parameters), %d frozen", phase.name,
                  self.plan[-1].index, phase.first_block, phase.last_block,
                  sum(p.numel() for p in run.stage.parameters() if p.requires_grad), phase.frozen_prefix)
+        if resumed is not None:
+            self._resume_phase(run, resumed)
+        elif self._continues_previous_phase(phase):
+            self._score_the_start(run, done)
         while run.epoch < phase.max_epochs and not run.stopper.should_stop:
             run.epoch += 1
             epoch_started = time.perf_counter()
@@ -289,6 +291,24 @@ class PhaseTrainer:
             stopper=_EarlyStopping(cfg.monitor, cfg.patience), global_epoch=sum(r.epochs for r in done),
             started=time.perf_counter(),
         )
+
+    def _continues_previous_phase(self, phase: Phase) -> bool:
+        """Whether ``phase`` ends in the head the phase before it trained (fine-tuning after the
+        last block's phase, or after ``standard``): it then starts from that phase's network."""
+        position = self.plan.index(phase)
+        return position > 0 and self.plan[position - 1].last_block == phase.last_block
+
+    def _score_the_start(self, run: _PhaseRun, done: list[PhaseResult]) -> None:
+        """Validate the network the phase starts from as its epoch 0, so that the phase keeps it
+        unless an epoch beats it: fine-tuning every block can then only help on validation (at a
+        too-high rate its first epochs would otherwise replace a better network)."""
+        metrics = self._evaluate(run.stage, self._source("validation", run.phase)).compute()
+        self._log_metrics(run, "validation", metrics, 0.0, epoch=0)
+        run.stopper.update(metrics, 0)
+        run.best_state, run.best_validation = self._stage_state(run), metrics
+        self._save(run, ("best",), run.state(done))  # what a resume restores if no epoch beats it
+        self._info("%s epoch 0 (the network it starts from): val loss %.4f acc %.4f", run.phase.name,
+                   metrics.loss, metrics.accuracy)
 
     def _resume_phase(self, run: _PhaseRun, checkpoint: dict[str, Any]) -> None:
         """Put back the state of the phase as its last checkpoint saw it."""
@@ -358,7 +378,8 @@ class PhaseTrainer:
                      epoch: int | None = None) -> None:
         if self.run_log is not None:
             lr = run.optimizer.param_groups[-1]["lr"]  # the newest block's
-            self.run_log.log(run.phase.index, epoch or run.epoch, split, metrics, lr, seconds, run.global_epoch)
+            epoch = run.epoch if epoch is None else epoch
+            self.run_log.log(run.phase.index, epoch, split, metrics, lr, seconds, run.global_epoch)
 
     def _train_epoch(self, run: _PhaseRun) -> SplitMetrics:
         tracker = MetricTracker(self.model.num_classes, self.dist.device)

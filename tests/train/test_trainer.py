@@ -167,3 +167,21 @@ def test_the_log_says_what_data_and_which_loader_a_run_uses(tiny_data, tmp_path,
         PhaseTrainer(tiny_config(tiny_data, tmp_path / "run", schedule="standard", max_epochs=1), model=tiny_net()).fit()
     assert "data: 36 train, 12 validation, 12 test images in 3 classes; loader: PIL + DataLoader, in this process" \
         in caplog.text
+
+
+def test_fine_tuning_keeps_the_network_it_started_from_unless_an_epoch_beats_it(tiny_data, tmp_path):
+    """The fine-tuning phase ends in the last block's own classifier, like the phase before it:
+    its starting network is validated as epoch 0 and kept when every epoch does worse (here a
+    rate 10^4 times too high wrecks the weights at the first step)."""
+    torch.manual_seed(0)
+    # cache off: phase 3 then scores the very computation the fine-tuning phase starts from
+    config = tiny_config(tiny_data, tmp_path / "run", patience=0, finetune_epochs=2, finetune_lr_scale=1e4,
+                         cache="off")
+    result = PhaseTrainer(config, model=tiny_net()).fit()
+    phase3, finetune = result.phases[2], result.phases[3]
+    assert finetune.name == "finetune" and finetune.epochs == 2 and finetune.best_epoch == 0
+    assert finetune.validation == phase3.validation
+    before = load_checkpoint(result.run_dir / "checkpoints" / "phase3-last.pt")["model_state"]
+    _assert_equal_states(result.model.state_dict(), before)
+    rows = list(csv.DictReader(open(result.run_dir / "metrics.csv")))
+    assert [row["epoch"] for row in rows if row["phase"] == "4" and row["split"] == "validation"] == ["0", "1", "2"]
