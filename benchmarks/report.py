@@ -5,7 +5,8 @@ Usage: ``python benchmarks/report.py [--json PATH] [--from-json PATH] [pytest ar
 The benchmarks run once under pytest-benchmark (``--benchmark-json``); the table is made from that
 JSON: each benchmark that judges a target leaves ``target_id``, ``ratio``, ``target``, ``met`` and
 ``note`` in its ``extra_info``; T4 (gather) and T5 (loader) ratios are computed here from their
-medians. ``--from-json`` rewrites the report from an earlier run without running anything. Run it
+medians. ``--from-json`` rewrites the report from an earlier run without running anything. The
+accuracy study's section at the end of the file (written by ``benchmarks/accuracy.py``) is kept. Run it
 on an otherwise idle machine: ratios are measured side by side, but other jobs still skew them.
 """
 from __future__ import annotations
@@ -24,6 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from phasenets.study import RESULTS_SECTION  # noqa: E402
+
 T4_TARGETS = {"fp16": 1.0, "fp16_to_fp32": 1.0, "int8_dequant_fp32": 1.5, "int8_dequant_fp16": 1.5}
 T5_TARGET = 1.3
 
@@ -138,6 +143,12 @@ def render(rows: list[dict], host: dict[str, str], command: str, exit_code: int)
     return "\n".join(lines) + "\n"
 
 
+def study_section(text: str) -> str:
+    """The accuracy study's section of an earlier RESULTS.md (from its heading to the end), or ""."""
+    start = text.find("\n" + RESULTS_SECTION + "\n")
+    return text[start:] if start >= 0 else ""
+
+
 def _natural_order(name: str) -> list:
     """Numbers inside a name sort as numbers: "T2 5 epochs" before "T2 15 epochs"."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
@@ -159,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks = json.loads(json_path.read_text())["benchmarks"] if json_path.is_file() else []
     rows = judged_rows(benchmarks) + gather_rows_t4(benchmarks) + loader_rows_t5(benchmarks)
     rows.sort(key=lambda row: _natural_order(row["target_id"]))
-    RESULTS.write_text(render(rows, machine(), command, exit_code))
+    kept = study_section(RESULTS.read_text()) if RESULTS.is_file() else ""
+    RESULTS.write_text(render(rows, machine(), command, exit_code) + kept)
     print(f"wrote {RESULTS} ({len(rows)} targets)")
     return exit_code
 

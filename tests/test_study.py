@@ -10,7 +10,7 @@ import pytest
 
 from phasenets.cli import main
 from phasenets.study import (
-    REPORT_BEGIN, REPORT_END, RESULTS_FILE, RunSpec, StudySettings, _append_result, _key, add_study_arguments,
+    REPORT_BEGIN, REPORT_END, RESULTS_FILE, RESULTS_SECTION, RunSpec, StudySettings, _append_result, _key, add_study_arguments,
     command_line, format_table, load_results, plan_runs, summarize_results, train_config, write_report,
 )
 
@@ -213,11 +213,45 @@ def test_the_script_keeps_its_records_in_the_committed_file_but_a_quick_run_does
         def summary(self) -> str:
             return ""
 
-    monkeypatch.setattr(script, "run_from_args", lambda args, program: seen.append(args) or Outcome())
-    for argv in ([], ["--quick"]):
+    monkeypatch.setattr(script, "run_from_args",
+                        lambda args, program, also_into: seen.append((args, also_into)) or Outcome())
+    committed = ["--results", str(SCRIPT.with_name("accuracy-results.jsonl"))]  # as the recorded commands spell it
+    for argv in ([], ["--quick"], committed, ["--report", "elsewhere.md"]):
         monkeypatch.setattr("sys.argv", ["accuracy.py", *argv])
         assert script.main() == 0
-    full, quick = seen
+    (full, into), (quick, quick_into), (_, committed_into), (_, elsewhere_into) = seen
     assert Path(full.results).resolve() == SCRIPT.with_name("accuracy-results.jsonl")
     assert Path(full.report).resolve() == SCRIPT.with_name("ACCURACY.md")
-    assert (quick.results, quick.report) == (None, None)  # its output folder's, as `phasenets bench accuracy --quick`
+    assert [Path(path).resolve() for path in into] == [SCRIPT.with_name("RESULTS.md")]
+    assert (quick.results, quick.report, quick_into) == (None, None, [])  # its output folder's, as the CLI's --quick
+    assert committed_into == into and elsewhere_into == []  # only the committed study's table goes into RESULTS.md
+
+
+def test_the_table_is_copied_into_another_file_under_its_heading_and_replaced_there(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n| target |\n")
+    write_report([_record(accuracy=0.5)], tmp_path / "ACCURACY.md", also_into=[results])
+    first = results.read_text()
+    assert first.startswith("# Benchmark results\n\n| target |\n\n" + RESULTS_SECTION + "\n")
+    assert "50.0 ± 0.0 %" in first and "(accuracy.png)" in first
+    write_report([_record(accuracy=0.75)], tmp_path / "ACCURACY.md", also_into=[results])
+    second = results.read_text()
+    assert second.count(RESULTS_SECTION) == 1 and second.count(REPORT_BEGIN) == 1
+    assert "75.0 ± 0.0 %" in second and "50.0 ± 0.0 %" not in second
+    assert (tmp_path / "ACCURACY.md").read_text().count(REPORT_BEGIN) == 1
+
+
+def test_the_benchmark_report_keeps_the_study_section_when_it_rewrites_the_file(tmp_path, monkeypatch):
+    loading = importlib.util.spec_from_file_location("report_script", SCRIPT.with_name("report.py"))
+    report = importlib.util.module_from_spec(loading)
+    loading.loader.exec_module(report)
+    section = "\n" + RESULTS_SECTION + "\n\n" + REPORT_BEGIN + "\nthe table\n" + REPORT_END + "\n"
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "RESULTS.md")
+    report.RESULTS.write_text("# Benchmark results\n\nold rows\n" + section)
+    empty = tmp_path / "latest.json"
+    empty.write_text(json.dumps({"benchmarks": []}))
+    assert report.main(["--from-json", str(empty)]) == 0
+    text = report.RESULTS.read_text()
+    assert "old rows" not in text and "no benchmark reported a target" in text
+    assert text.endswith(section) and text.count(RESULTS_SECTION) == 1
+    assert report.study_section("# Benchmark results\n") == ""
