@@ -479,7 +479,8 @@ class StudyRow:
     """One configuration of the table: mean and standard deviation over its seeds.
 
     ``variant`` names the settings that set this configuration's runs apart from the others in
-    the same results file (e.g. ``head=mlp``); it is empty when every run shares one setting.
+    the same results file and differ from the study's defaults (e.g. ``head=mlp``); it is empty
+    for runs with the defaults, or when every run shares one setting.
     ``phase_seconds`` is the time inside the phases' epoch loops; ``seconds`` is the whole run.
     """
 
@@ -520,10 +521,21 @@ def summarize_results(records: list[dict[str, Any]]) -> list[StudyRow]:
 
 
 def _variant_labels(records: list[dict[str, Any]]) -> list[str]:
-    """Per record, ``name=value`` for each setting that is not the same in every record."""
+    """Per record, ``name=value`` for each setting that is not the same in every record, where the
+    record's value is not the study's default (a setting the defaults lack is always named)."""
+    defaults = asdict(StudySettings())
+    labels = []
+    for record in records:
+        settings = record["settings"]
+        differing = [name for name in _varying_settings(records)
+                     if name not in defaults or settings.get(name) != defaults[name]]
+        labels.append(", ".join(f"{name}={settings.get(name)}" for name in differing))
+    return labels
+
+
+def _varying_settings(records: list[dict[str, Any]]) -> list[str]:
     names = sorted({name for record in records for name in record["settings"]})
-    varying = [name for name in names if len({json.dumps(r["settings"].get(name)) for r in records}) > 1]
-    return [", ".join(f"{name}={record['settings'].get(name)}" for name in varying) for record in records]
+    return [name for name in names if len({json.dumps(r["settings"].get(name)) for r in records}) > 1]
 
 
 def _position(name: str, known: Iterable[str]) -> int:
@@ -541,8 +553,10 @@ def _baseline(row: StudyRow, rows: list[StudyRow]) -> StudyRow | None:
     ``head=mlp`` has no standard twin, since standard training has no auxiliary heads)."""
     candidates = [other for other in rows if other.schedule == "standard"
                   and (other.model, other.per_class) == (row.model, row.per_class)]
-    settings = set(row.variant.split(", "))
-    return min(candidates, key=lambda other: len(settings ^ set(other.variant.split(", "))), default=None)
+    def parts(variant: str) -> set[str]:
+        return set(filter(None, variant.split(", ")))
+
+    return min(candidates, key=lambda other: len(parts(row.variant) ^ parts(other.variant)), default=None)
 
 
 def format_table(rows: list[StudyRow]) -> str:
@@ -568,7 +582,11 @@ def format_table(rows: list[StudyRow]) -> str:
 
 
 def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
-    """Test accuracy against training images per class: one panel per model, one line per schedule."""
+    """Test accuracy against training images per class: one panel per model, one line per schedule.
+
+    Variants (other settings) run at one size only are left to the table, unless a model has
+    nothing else: dots beside the lines would hide them.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -580,7 +598,11 @@ def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
     figure, axes = plt.subplots(grid_rows, columns, figsize=(6.5 * columns, 4 * grid_rows), squeeze=False)
     styles = {"phasewise": ("tab:blue", "o"), "standard": ("tab:gray", "s"), "phasewise+finetune": ("tab:orange", "^")}
     for axis, model in zip(axes.flat, models):
-        lines = dict.fromkeys((row.schedule, row.variant) for row in rows if row.model == model)
+        own = [row for row in rows if row.model == model]
+        sizes_of = {}
+        for row in own:
+            sizes_of.setdefault((row.schedule, row.variant), set()).add(row.per_class)
+        lines = [line for line, sizes in sizes_of.items() if not line[1] or len(sizes) > 1] or list(sizes_of)
         for schedule, variant in lines:
             points = sorted((row for row in rows if (row.model, row.schedule, row.variant) == (model, schedule, variant)),
                             key=lambda row: row.per_class)
@@ -649,7 +671,6 @@ def _provenance(records: list[dict[str, Any]], plot_path: Path) -> str:
     finished = sorted(record["finished"] for record in records)
     machines = list(dict.fromkeys(record["machine"] for record in records))
     commands = list(dict.fromkeys(record["command"] for record in records if record["command"]))
-    settings = list(dict.fromkeys(json.dumps(record["settings"], sort_keys=True) for record in records))
     caches = sorted({str(record["cache"]) for record in records})
     lines = [
         f"Report written {datetime.now().strftime('%Y-%m-%d %H:%M')}, from {len(records)} runs"
@@ -665,7 +686,7 @@ def _provenance(records: list[dict[str, Any]], plot_path: Path) -> str:
         *(commands or ["(none recorded)"]),
         "```",
         "",
-        "Settings: " + " / ".join(f"`{text}`" for text in settings) if settings else "Settings: -",
+        *_settings_lines(records),
         "",
         f"![test accuracy against training images per class]({plot_path.name})",
     ]
@@ -674,6 +695,22 @@ def _provenance(records: list[dict[str, Any]], plot_path: Path) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # command line
+
+
+def _settings_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The settings every run shares, and the defaults behind the table's settings column."""
+    if not records:
+        return ["Settings: -"]
+    varying = _varying_settings(records)
+    shared = {name: value for name, value in records[0]["settings"].items() if name not in varying}
+    lines = [f"Settings of every run: `{json.dumps(shared, sort_keys=True)}`."]
+    if varying:
+        defaults = asdict(StudySettings())
+        named = ", ".join(f"{name}={defaults.get(name)}" for name in varying)
+        lines += ["", "The settings column names each setting that differs between runs where a run's value is not "
+                  f"the study's default ({named}); \"-\": the defaults. \"vs standard\" compares with the standard "
+                  "runs of the same model and size whose settings are closest."]
+    return lines
 
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:

@@ -85,13 +85,17 @@ def test_runs_with_other_settings_get_their_own_rows():
     assert "| lenet5 | 50 | phasewise | head=mlp | 1 | 75.0 ± 0.0 % | +25.0 pt |" in table
 
 
-def test_a_variant_is_compared_with_the_standard_runs_closest_in_settings():
+def test_a_variant_is_compared_with_the_standard_runs_closest_in_settings(tmp_path):
     records = [_record(accuracy=0.5), _record(accuracy=0.7), _record(schedule="phasewise", accuracy=0.8)]
-    records[0]["settings"] = {"lr": 0.003, "head": "conv"}
-    records[1]["settings"] = {"lr": None, "head": "conv"}
-    records[2]["settings"] = {"lr": None, "head": "mlp"}
+    records[0]["settings"] = {"lr": 0.003, "head": "conv", "batch_size": 32}
+    records[1]["settings"] = {"lr": None, "head": "conv", "batch_size": 32}
+    records[2]["settings"] = {"lr": None, "head": "mlp", "batch_size": 32}
     table = format_table(summarize_results(records))
-    assert "| phasewise | head=mlp, lr=None | 1 | 80.0 ± 0.0 % | +10.0 pt |" in table  # against lr=None
+    assert "| phasewise | head=mlp | 1 | 80.0 ± 0.0 % | +10.0 pt |" in table  # against lr=None, the default
+    assert "| standard | lr=0.003 | 1 |" in table and "| standard | - | 1 | 70.0 ± 0.0 % |" in table
+    write_report(records, tmp_path / "ACCURACY.md")
+    text = (tmp_path / "ACCURACY.md").read_text()
+    assert 'Settings of every run: `{"batch_size": 32}`.' in text and "default (head=conv, lr=None)" in text
 
 
 def test_report_keeps_the_notes_around_its_block(tmp_path):
@@ -197,8 +201,7 @@ def test_investigation_settings_enter_the_key_the_variant_and_the_run():
     records[0]["settings"] = {"cache_views": None, "precise_bn": False}
     records[1]["settings"] = {"cache_views": None, "precise_bn": True}
     records[2]["settings"] = {"cache_views": 4, "precise_bn": False}
-    assert [row.variant for row in summarize_results(records)] == [
-        "cache_views=4, precise_bn=False", "cache_views=None, precise_bn=False", "cache_views=None, precise_bn=True"]
+    assert [row.variant for row in summarize_results(records)] == ["", "cache_views=4", "precise_bn=True"]
 
 
 def test_the_script_keeps_its_records_in_the_committed_file_but_a_quick_run_does_not(monkeypatch):
