@@ -581,6 +581,9 @@ def format_table(rows: list[StudyRow]) -> str:
     return "\n".join(lines)
 
 
+VARIANT_LINE_STYLES = ("--", ":", "-.")
+
+
 def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
     """Test accuracy against training images per class: one panel per model, one line per schedule.
 
@@ -603,15 +606,17 @@ def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
         for row in own:
             sizes_of.setdefault((row.schedule, row.variant), set()).add(row.per_class)
         lines = [line for line, sizes in sizes_of.items() if not line[1] or len(sizes) > 1] or list(sizes_of)
+        variants = [variant for variant in dict.fromkeys(variant for _, variant in lines) if variant]
         for schedule, variant in lines:
             points = sorted((row for row in rows if (row.model, row.schedule, row.variant) == (model, schedule, variant)),
                             key=lambda row: row.per_class)
             color, marker = styles.get(schedule, (None, "x"))
-            if variant:  # several variants of a schedule: let matplotlib tell them apart
-                color = None
+            # a variant keeps its schedule's colour, with a line style of its own and hollow markers
+            dash = VARIANT_LINE_STYLES[variants.index(variant) % len(VARIANT_LINE_STYLES)] if variant else "-"
             axis.errorbar([p.per_class for p in points], [100 * p.accuracy_mean for p in points],
                           yerr=[100 * p.accuracy_std for p in points], label=" ".join(filter(None, (schedule, variant))),
-                          color=color, marker=marker, capsize=3)
+                          color=color, marker=marker, capsize=3, linestyle=dash,
+                          markerfacecolor="none" if variant else color)
         axis.set_xscale("log")
         sizes = sorted({row.per_class for row in rows if row.model == model})
         axis.set_xticks(sizes, [f"{size:,}" for size in sizes])  # the sizes run, not powers of ten
