@@ -524,11 +524,11 @@ def _variant_labels(records: list[dict[str, Any]]) -> list[str]:
     """Per record, ``name=value`` for each setting that is not the same in every record, where the
     record's value is not the study's default (a setting the defaults lack is always named)."""
     defaults = asdict(StudySettings())
+    varying = _varying_settings(records)
     labels = []
     for record in records:
         settings = record["settings"]
-        differing = [name for name in _varying_settings(records)
-                     if name not in defaults or settings.get(name) != defaults[name]]
+        differing = [name for name in varying if name not in defaults or settings.get(name) != defaults[name]]
         labels.append(", ".join(f"{name}={settings.get(name)}" for name in differing))
     return labels
 
@@ -601,15 +601,14 @@ def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
     figure, axes = plt.subplots(grid_rows, columns, figsize=(6.5 * columns, 4 * grid_rows), squeeze=False)
     styles = {"phasewise": ("tab:blue", "o"), "standard": ("tab:gray", "s"), "phasewise+finetune": ("tab:orange", "^")}
     for axis, model in zip(axes.flat, models):
-        own = [row for row in rows if row.model == model]
-        sizes_of = {}
-        for row in own:
-            sizes_of.setdefault((row.schedule, row.variant), set()).add(row.per_class)
-        lines = [line for line, sizes in sizes_of.items() if not line[1] or len(sizes) > 1] or list(sizes_of)
+        points_of: dict[tuple[str, str], list[StudyRow]] = {}
+        for row in rows:
+            if row.model == model:
+                points_of.setdefault((row.schedule, row.variant), []).append(row)
+        lines = [line for line, points in points_of.items() if not line[1] or len(points) > 1] or list(points_of)
         variants = [variant for variant in dict.fromkeys(variant for _, variant in lines) if variant]
         for schedule, variant in lines:
-            points = sorted((row for row in rows if (row.model, row.schedule, row.variant) == (model, schedule, variant)),
-                            key=lambda row: row.per_class)
+            points = sorted(points_of[schedule, variant], key=lambda row: row.per_class)
             color, marker = styles.get(schedule, (None, "x"))
             # a variant keeps its schedule's colour, with a line style of its own and hollow markers
             dash = VARIANT_LINE_STYLES[variants.index(variant) % len(VARIANT_LINE_STYLES)] if variant else "-"
@@ -653,11 +652,10 @@ def write_report(records: list[dict[str, Any]], report_path: str | os.PathLike,
         plot_results(rows, plot_path)
     block = "\n".join([REPORT_BEGIN, _provenance(records, plot_path), "", format_table(rows), REPORT_END])
     _put_block(report_path, block, "# Accuracy study: phase-wise vs end-to-end training\n\n")
+    heading = (f"\n{RESULTS_SECTION}\n\nThe generated table of [{report_path.name}]({report_path.name}), "
+               "which also says how the study is run and what it found.\n\n")
     for path in also_into:
-        path = Path(path)
-        heading = (f"\n{RESULTS_SECTION}\n\nThe generated table of [{report_path.name}]({report_path.name}), "
-                   "which also says how the study is run and what it found.\n\n")
-        _put_block(path, block, heading)
+        _put_block(Path(path), block, heading)
     return plot_path
 
 
