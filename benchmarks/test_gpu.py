@@ -85,6 +85,14 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
 
 
+def _measure_once(benchmark, measure, *args) -> dict[str, float]:
+    """Run a measurement that times itself (its own rounds and medians) once under pytest-benchmark,
+    and keep the numbers it returns in ``extra_info``."""
+    result = benchmark.pedantic(measure, args=args, rounds=1, warmup_rounds=0)
+    benchmark.extra_info.update({key: round(value, 3) for key, value in result.items()})
+    return result
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -191,9 +199,7 @@ def test_g1_gather_bandwidth(benchmark, g1_tables, case):
     table, scale = g1_tables[storage_dtype]
     batches = _random_batches(len(table), batch_rows, G1_CALLS, table.device)
     check_gather(table, scale, batches)
-    result = benchmark.pedantic(measure_gather, args=(table, scale, batches, g1_tables[torch.float16][0], G1_ROUNDS),
-                                rounds=1, warmup_rounds=0)
-    benchmark.extra_info.update({key: round(value, 3) for key, value in result.items()})
+    result = _measure_once(benchmark, measure_gather, table, scale, batches, g1_tables[torch.float16][0], G1_ROUNDS)
     ratio = result["ratio"]
     note = (f"{_device_name(table.device)}: gather {result['gather_GB_per_s']:.0f} GB/s "
             f"({result['gather_us_per_call']:.1f} us a call) vs device-to-device copy_ "
@@ -305,9 +311,7 @@ def host_cache(device):
 def test_g3_host_reads_overlapped(benchmark, host_cache, prefetch, device):
     order = torch.randperm(host_cache.num_samples, generator=torch.Generator().manual_seed(prefetch))
     check_first_batches(host_cache, order, device, prefetch)
-    result = benchmark.pedantic(measure_overlap, args=(host_cache, order, device, prefetch, G3_ROUNDS, PRODUCT_WIDTH),
-                                rounds=1, warmup_rounds=0)
-    benchmark.extra_info.update({key: round(value, 3) for key, value in result.items()})
+    result = _measure_once(benchmark, measure_overlap, host_cache, order, device, prefetch, G3_ROUNDS, PRODUCT_WIDTH)
     ratio = result["ratio"]
     note = (f"{_device_name(device)}: host tier (pinned) read to the GPU while the consumer ran an fp16 "
             f"[{result['product_rows']}, {PRODUCT_WIDTH}] @ [{PRODUCT_WIDTH}, {PRODUCT_WIDTH}] product per batch "
