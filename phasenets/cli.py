@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from phasenets.config import HEADS
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -144,7 +146,7 @@ def _add_summary(commands) -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--image-size", type=int, default=None, help="default: the model's")
     parser.add_argument("--in-channels", type=int, default=None, help="default: the model's")
-    parser.add_argument("--head", default="linear", choices=("linear", "mlp", "conv"))
+    parser.add_argument("--head", default="linear", choices=HEADS)
     parser.add_argument("--json", action="store_true")
     return parser
 

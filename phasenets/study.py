@@ -50,6 +50,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from phasenets.config import HEADS
+
 __all__ = [
     "MODEL_INPUTS", "SCHEDULES", "QUICK", "RunSpec", "StudySettings", "StudyOutcome", "StudyRow",
     "add_study_arguments", "format_table", "load_results", "plot_results", "run_from_args", "run_study",
@@ -743,7 +745,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default=defaults.optimizer)
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default: the optimizer's")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--head", default=defaults.head, choices=("linear", "mlp", "conv"), help="auxiliary heads")
+    parser.add_argument("--head", default=defaults.head, choices=HEADS, help="auxiliary heads")
     parser.add_argument("--augment", default=defaults.augment, choices=("none", "light", "standard"))
     parser.add_argument("--test-per-class", type=int, default=defaults.test_per_class,
                         help="test images per class (default: the official 1,000)")

@@ -17,6 +17,7 @@
           "macs": 105415200,              # multiply-adds for one sample (see below)
           "cache_bytes_fp16": 139968,     # bytes to cache one sample of the output in fp16
           "head_params": 97000,           # auxiliary head of this phase; 0 for the last block
+          "head_macs": 96000,             # its multiply-adds for one sample (0 for the last block)
           "frozen": false
         }, ...
       ],
@@ -24,6 +25,7 @@
         "params": 62378344,               # the network itself: all blocks, no auxiliary heads
         "trainable_params": 62378344,
         "head_params": 1124000,           # all auxiliary heads together
+        "head_macs": 1120000,             # all auxiliary heads, one sample each
         "macs": 1135256096,               # all blocks, one sample
         "max_cache_bytes_fp16": 139968    # largest per-sample cache among the cached levels
       }                                   # (outputs of blocks 1..n-1)
@@ -34,6 +36,8 @@ a convolution costs ``output elements x in_channels / groups x kernel area``, a 
 ``output elements x in_features``, a batch norm one per output element (its inference-time
 scale and shift). Pooling, activations, local response normalization, additions and
 concatenations are not counted: they hold no weights and cost little next to the layers that do.
+A phase's training step runs its block and its head, so ``macs + head_macs`` of block k is what
+phase k computes per sample once the earlier blocks' outputs come from the cache.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def summarize(model: BlockwiseNet) -> dict[str, Any]:
                 "macs": count_macs(block, model.block_input_shape(k)),
                 "cache_bytes_fp16": 2 * math.prod(output_shape),
                 "head_params": _count(model.head(k).parameters()),
+                "head_macs": count_macs(model.head(k), output_shape),
                 "frozen": model.is_frozen(k),
             }
         )
@@ -78,6 +83,7 @@ def summarize(model: BlockwiseNet) -> dict[str, Any]:
             "params": sum(entry["params"] for entry in blocks),
             "trainable_params": sum(entry["trainable_params"] for entry in blocks),
             "head_params": sum(entry["head_params"] for entry in blocks),
+            "head_macs": sum(entry["head_macs"] for entry in blocks),
             "macs": sum(entry["macs"] for entry in blocks),
             "max_cache_bytes_fp16": max(cached_levels, default=0),
         },
@@ -113,7 +119,7 @@ def _count(parameters) -> int:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A readable table of a `summarize` result, one row per block plus totals."""
-    header = ("block", "input", "output", "params", "trainable", "MACs", "cache/sample fp16", "head params")
+    header = ("block", "input", "output", "params", "trainable", "MACs", "cache/sample fp16", "head params", "head MACs")
     rows = [
         (
             str(entry["block"]) + (" (frozen)" if entry["frozen"] else ""),
@@ -124,6 +130,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             _si(entry["macs"]),
             _bytes(entry["cache_bytes_fp16"]),
             f"{entry['head_params']:,}",
+            _si(entry["head_macs"]),
         )
         for entry in summary["blocks"]
     ]
@@ -138,6 +145,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             _si(totals["macs"]),
             f"max {_bytes(totals['max_cache_bytes_fp16'])}",
             f"{totals['head_params']:,}",
+            _si(totals["head_macs"]),
         )
     )
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]

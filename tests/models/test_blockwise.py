@@ -37,6 +37,15 @@ def test_conv_head_is_convolutional_on_maps_and_falls_back_to_mlp_on_vectors():
     assert not any(isinstance(m, nn.Conv2d) for m in model.head(3).modules())  # block 3 outputs (120,)
 
 
+def test_pooled_conv_head_pools_only_maps_larger_than_its_grid():
+    model = build_model("lenet5", num_classes=10, head="pooled_conv")
+    shrink = model.head(1)[0]  # block 1 outputs 6x14x14
+    assert isinstance(shrink, nn.AdaptiveAvgPool2d) and shrink.output_size == (8, 8)
+    assert isinstance(model.head(2)[0], nn.Conv2d)  # block 2 outputs 16x5x5: convolved as it is
+    features = model.features(torch.randn(2, 1, 32, 32), 1)
+    assert model.head(1)[1](shrink(features)).shape == (2, 128, 8, 8)
+
+
 def test_features_upto_zero_is_the_input_and_bad_indices_are_refused():
     model = BlockwiseNet.from_modules(_tiny_modules(), num_classes=4, input_shape=(3, 8, 8))
     x = torch.randn(2, 3, 8, 8)

@@ -22,14 +22,28 @@ def test_lenet5_summary_matches_hand_counts():
     assert [b["cache_bytes_fp16"] for b in blocks] == [2 * 6 * 14 * 14, 2 * 400, 240, 168, 20]
     # linear heads: a Linear from each block's channels (or features) to the 10 classes
     assert [b["head_params"] for b in blocks] == [6 * 10 + 10, 16 * 10 + 10, 120 * 10 + 10, 84 * 10 + 10, 0]
+    assert [b["head_macs"] for b in blocks] == [6 * 10, 16 * 10, 120 * 10, 84 * 10, 0]  # pooling is free
     assert summary["totals"] == {
         "params": 61_706,
         "trainable_params": 61_706,
         "head_params": 70 + 170 + 1_210 + 850,
+        "head_macs": 60 + 160 + 1_200 + 840,
         "macs": 117_600 + 240_000 + 48_000 + 10_080 + 840,
         "max_cache_bytes_fp16": 2 * 6 * 14 * 14,
     }
     json.dumps(summary)  # JSON-ready
+
+
+def test_pooled_conv_heads_convolve_at_most_an_8x8_grid():
+    # ResNet-20's first blocks output 16x32x32; the conv head's 3x3 convolution to 128 channels runs
+    # over all 1,024 positions, the pooled_conv head's over 64, after a 4x4 average pool.
+    conv, pooled = (summarize(build_model("resnet_cifar", 10, 1, 32, head=head))["blocks"] for head in ("conv", "pooled_conv"))
+    def head_macs(positions):
+        return positions * 128 * 16 * 9 + positions * 128 + 128 * 10  # conv, batch norm, linear
+    assert conv[0]["head_macs"] == head_macs(32 * 32)
+    assert pooled[0]["head_macs"] == head_macs(8 * 8)
+    assert conv[3]["head_macs"] == pooled[3]["head_macs"]  # block 4's maps are 8x8 already: no pooling
+    assert [b["head_params"] for b in conv] == [b["head_params"] for b in pooled]
 
 
 def test_frozen_blocks_show_in_trainable_counts():
