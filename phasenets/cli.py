@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from phasenets.config import HEADS
+from phasenets.config import HEADS, LOADERS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -70,7 +70,7 @@ def _add_eval(commands) -> argparse.ArgumentParser:
     forgetting.add_argument("--new-run", nargs="+", help="run directories or checkpoints trained from the old run's blocks")
     forgetting.add_argument("--blocks", default=None, help="the new runs' blocks to use, e.g. 1-3 [default: all but the last]")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--loader", default="auto", choices=("auto", "dali", "torch"))
+    parser.add_argument("--loader", default="auto", choices=LOADERS)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print every metric as JSON")

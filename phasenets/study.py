@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from phasenets.config import HEADS
+from phasenets.config import AUGMENT_PRESETS, HEADS, LOADERS
 
 __all__ = [
     "MODEL_INPUTS", "SCHEDULES", "QUICK", "RunSpec", "StudySettings", "StudyOutcome", "StudyRow",
@@ -746,10 +746,10 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default: the optimizer's")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--head", default=defaults.head, choices=HEADS, help="auxiliary heads")
-    parser.add_argument("--augment", default=defaults.augment, choices=("none", "light", "standard"))
+    parser.add_argument("--augment", default=defaults.augment, choices=AUGMENT_PRESETS)
     parser.add_argument("--test-per-class", type=int, default=defaults.test_per_class,
                         help="test images per class (default: the official 1,000)")
-    parser.add_argument("--loader", default=defaults.loader, choices=("auto", "dali", "torch"))
+    parser.add_argument("--loader", default=defaults.loader, choices=LOADERS)
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--num-threads", type=int, default=defaults.num_threads, help="compute threads per run")
     parser.add_argument("--cache-views", type=int, default=defaults.cache_views,

@@ -99,9 +99,9 @@ def build_aux_head(kind: str, feature_shape: Sequence[int], num_classes: int) ->
     width = feature_shape[0]
     pool = [] if flat else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     if kind in ("conv", "pooled_conv") and not flat:
-        height, width_px = feature_shape[1:]
-        grid = (min(height, POOLED_HEAD_GRID), min(width_px, POOLED_HEAD_GRID))
-        shrink = [nn.AdaptiveAvgPool2d(grid)] if kind == "pooled_conv" and grid != (height, width_px) else []
+        shrink = []
+        if kind == "pooled_conv" and max(feature_shape[1:]) > POOLED_HEAD_GRID:
+            shrink = [nn.AdaptiveAvgPool2d(tuple(min(size, POOLED_HEAD_GRID) for size in feature_shape[1:]))]
         return nn.Sequential(
             *shrink,
             nn.Conv2d(width, CONV_HEAD_CHANNELS, 3, padding=1, bias=False),
