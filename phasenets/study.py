@@ -561,6 +561,11 @@ def _baseline(row: StudyRow, rows: list[StudyRow]) -> StudyRow | None:
     return min(candidates, key=lambda other: len(parts(row.variant) ^ parts(other.variant)), default=None)
 
 
+def _mean_std(mean: float, std: float, runs: int) -> str:
+    """``mean ± std``, or just the mean for a single run, whose spread is unknown rather than zero."""
+    return f"{mean:.1f} ± {std:.1f}" if runs > 1 else f"{mean:.1f}"
+
+
 def format_table(rows: list[StudyRow]) -> str:
     """A markdown table; differences are against the ``standard`` configuration ``_baseline`` picks."""
     with_variants = any(row.variant for row in rows)
@@ -576,8 +581,8 @@ def format_table(rows: list[StudyRow]) -> str:
             gain = f"{100 * (row.accuracy_mean - reference.accuracy_mean):+.1f} pt"
             time_ratio = f"{row.seconds_mean / reference.seconds_mean:.2f}x"
         cells = [row.model, f"{row.per_class:,}", row.schedule, *([row.variant or "-"] if with_variants else []),
-                 str(row.runs), f"{100 * row.accuracy_mean:.1f} ± {100 * row.accuracy_std:.1f} %", gain,
-                 f"{row.epochs_mean:.0f}", f"{row.seconds_mean:.1f} ± {row.seconds_std:.1f}", time_ratio,
+                 str(row.runs), _mean_std(100 * row.accuracy_mean, 100 * row.accuracy_std, row.runs) + " %", gain,
+                 f"{row.epochs_mean:.0f}", _mean_std(row.seconds_mean, row.seconds_std, row.runs), time_ratio,
                  f"{row.phase_seconds_mean:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
