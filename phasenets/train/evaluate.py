@@ -10,7 +10,7 @@ from torch import nn
 from phasenets.train.checkpoint import CheckpointError, load_checkpoint
 from phasenets.train.metrics import MetricTracker, per_class_accuracy
 
-__all__ = ["evaluate_checkpoint", "load_trained_model"]
+__all__ = ["evaluate_checkpoint", "load_trained_model", "score_samples"]
 
 
 def load_trained_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -42,28 +42,18 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     The images go through the checkpoint's own normalization; the dataset's class folders must
     be the ones the network was trained on.
     """
-    from phasenets.data import DatasetError, Normalization, build_loader
+    from phasenets.data import DatasetError
     from phasenets.train.curriculum import task_splits
 
     model, payload = load_trained_model(checkpoint)
-    model.to(device)
     data = task_splits(data_dir, payload.get("task"))  # the classes the run trained on (its hierarchy)
     if data.classes != list(payload["classes"]):
         raise DatasetError(f"{data_dir} has classes {data.classes}; {checkpoint} was trained on {payload['classes']}")
     samples = data.split(split)
     if not samples:
         raise DatasetError(f"{data_dir} has no {split} split")
-    batches = build_loader(
-        samples, kind=loader, image_size=payload["model"]["image_size"], in_channels=payload["model"]["in_channels"],
-        augment=None, normalization=Normalization(**payload["normalization"]), batch_size=batch_size,
-        shuffle=False, seed=0, num_workers=num_workers,
-    )
-    tracker = MetricTracker(model.num_classes, torch.device(device))
-    criterion = nn.CrossEntropyLoss()
-    for images, labels, _ in batches:
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images).float()
-        tracker.update(logits, labels, criterion(logits, labels))
+    tracker = score_samples(model, samples, payload, batch_size=batch_size, loader=loader,
+                            num_workers=num_workers, device=device)
     metrics = tracker.compute()
     confusion = tracker.confusion.cpu()
     return {
@@ -71,3 +61,25 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
         "per_class_accuracy": dict(zip(data.classes, per_class_accuracy(confusion))),
         "confusion_matrix": confusion.tolist(),
     }
+
+
+@torch.no_grad()
+def score_samples(model: nn.Module, samples, payload: dict[str, Any], *, batch_size: int, loader: str,
+                  num_workers: int, device: str) -> MetricTracker:
+    """``model`` (put in eval mode on ``device``) run over ``samples``, read through ``payload``'s
+    normalization; returns the filled tracker (loss, top-1/top-5 and the confusion matrix)."""
+    from phasenets.data import Normalization, build_loader
+
+    model.to(device).eval()
+    batches = build_loader(
+        samples, kind=loader, image_size=model.input_shape[-1], in_channels=model.input_shape[0], augment=None,
+        normalization=Normalization(**payload["normalization"]), batch_size=batch_size, shuffle=False, seed=0,
+        num_workers=num_workers,
+    )
+    tracker = MetricTracker(model.num_classes, torch.device(device))
+    criterion = nn.CrossEntropyLoss()
+    for images, labels, _ in batches:
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images).float()
+        tracker.update(logits, labels, criterion(logits, labels))
+    return tracker

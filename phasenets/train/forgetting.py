@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from phasenets.train.evaluate import load_trained_model
-from phasenets.train.metrics import MetricTracker
+from phasenets.train.evaluate import load_trained_model, score_samples
 from phasenets.train.transfer import find_run_checkpoint, parse_blocks
 
 __all__ = ["ForgettingRow", "format_forgetting", "forgetting_test"]
@@ -74,8 +72,9 @@ def forgetting_test(
     chosen = parse_blocks(blocks if blocks is not None else f"1-{old_model.num_blocks - 1}", old_model.num_blocks)
 
     def evaluate(model: nn.Module, payload: dict[str, Any]) -> tuple[float, float, int]:
-        return _evaluate(model, samples, payload, batch_size=batch_size, loader=loader, num_workers=num_workers,
-                         device=device)
+        metrics = score_samples(model, samples, payload, batch_size=batch_size, loader=loader,
+                                num_workers=num_workers, device=device).compute()
+        return metrics.accuracy, metrics.loss, metrics.count
 
     rows = [ForgettingRow(f"old network ({_run_name(old_path)})", str(old_path), [],
                           *evaluate(old_model, old_payload))]
@@ -125,25 +124,3 @@ def _check_compatible(old: nn.Module, old_path: Path, new: nn.Module, new_path: 
         raise ValueError(f"{new_path} holds a {new.name} on {new.input_shape} inputs with {new.num_blocks} blocks; "
                          f"the old network {old_path} is a {old.name} on {old.input_shape} inputs with "
                          f"{old.num_blocks} blocks: their blocks cannot be swapped")
-
-
-@torch.no_grad()
-def _evaluate(model: nn.Module, samples, payload: dict[str, Any], *, batch_size: int, loader: str,
-              num_workers: int, device: str) -> tuple[float, float, int]:
-    """(accuracy, loss, images) of ``model`` over ``samples`` through ``payload``'s normalization."""
-    from phasenets.data import Normalization, build_loader
-
-    model.to(device).eval()
-    batches = build_loader(
-        samples, kind=loader, image_size=model.input_shape[-1], in_channels=model.input_shape[0], augment=None,
-        normalization=Normalization(**payload["normalization"]), batch_size=batch_size, shuffle=False, seed=0,
-        num_workers=num_workers,
-    )
-    tracker = MetricTracker(model.num_classes, torch.device(device))
-    criterion = nn.CrossEntropyLoss()
-    for images, labels, _ in batches:
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images).float()
-        tracker.update(logits, labels, criterion(logits, labels))
-    metrics = tracker.compute()
-    return metrics.accuracy, metrics.loss, metrics.count
