@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from phasenets._atomic import write_atomically
 
 __all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "ExportResult", "export_checkpoint", "load_safetensors_model"]
 
@@ -75,7 +76,7 @@ def export_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = json.dumps(_metadata(model, payload))
     writer = {"onnx": _write_onnx, "torchscript": _write_torchscript, "safetensors": _write_safetensors}[format]
-    _write_atomically(out, lambda path: writer(model, path, metadata))
+    write_atomically(out, lambda path: writer(model, path, metadata))
     result = ExportResult(out, format)
     if verify:
         result.max_abs_diff, result.verified_with = _verify(model, out, format)
@@ -151,17 +152,6 @@ def _write_safetensors(model: nn.Module, path: Path, metadata: str) -> None:
 
     state = {key: value.contiguous() for key, value in model.state_dict().items()}
     save_file(state, str(path), metadata={METADATA_KEY: metadata})
-
-
-def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from phasenets._atomic import fsync_directory
 from phasenets.cache import ops
 from phasenets.cache.fileformat import (
     STORAGE_DTYPES,
@@ -98,14 +99,6 @@ def _file_paths(cache_dir: str | os.PathLike, name: str) -> tuple[str, str, str]
         raise ValueError(f"cache name must be a plain file name, got {name!r}")
     base = os.path.join(os.fspath(cache_dir), name + FILE_SUFFIX)
     return base, base + ".partial-", base + ".lock"
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> str:
@@ -589,7 +582,7 @@ class _DiskFile:
         os.pwrite(self._file.fileno(), encode_header(header), 0)
         os.fsync(self._file.fileno())
         os.replace(self.partial_path, self.final_path)
-        _fsync_directory(os.path.dirname(self.final_path) or ".")
+        fsync_directory(os.path.dirname(self.final_path) or ".")
         self._file.close()
         self._lock.release()
         return header

@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from phasenets._atomic import fsync_directory, temporary_name, write_atomically
+
 __all__ = ["CheckpointError", "CheckpointWriter", "SHARED_STATE_KEY", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state"]
 
 FORMAT = "phasenets-checkpoint"
@@ -37,33 +39,28 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any], copies: Sequence[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(path)
-    try:
+
+    def write(tmp: Path) -> None:
+        # through a handle, not the path: torch names the archive inside after a path's file name,
+        # which would put the temporary name in the bytes
         with open(tmp, "wb") as handle:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomically(path, write, sync_directory=False)
     directories = {path.parent}
     for copy in map(Path, copies):
         _commit_copy(path, copy)
         directories.add(copy.parent)
     for directory in directories:
-        _fsync_directory(directory)
+        fsync_directory(directory)
     return path
-
-
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def _commit_copy(source: Path, target: Path) -> None:
     """Give ``target`` the committed bytes of ``source``, atomically. A hard link shares the file
     safely because a committed checkpoint is never written in place, only renamed over."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(target)
+    tmp = temporary_name(target)
     tmp.unlink(missing_ok=True)
     try:
         try:
@@ -75,14 +72,6 @@ def _commit_copy(source: Path, target: Path) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _fsync_directory(directory: Path) -> None:
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def _snapshot(value: Any) -> Any:
