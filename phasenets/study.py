@@ -109,12 +109,17 @@ class StudySettings:
     num_threads: int = 1
     cache_views: int | None = None  # None: the trainer's default (1 without augmentation)
     precise_bn: bool = False  # re-estimate batch-norm statistics at each phase's end (TrainConfig.precise_bn)
+    # one input side for every model, the 28 px images upscaled to it (AlexNet's 227 px, as in the
+    # paper, on a GPU); None: each model's own size in MODEL_INPUTS
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs_per_phase < 1:
             raise ValueError(f"epochs_per_phase must be at least 1, got {self.epochs_per_phase}")
         if self.cache_views is not None and self.cache_views < 1:
             raise ValueError(f"cache_views must be at least 1, got {self.cache_views}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
         if self.test_per_class is not None and not 1 <= self.test_per_class <= 1000:
             raise ValueError(f"test_per_class must be in 1..1000 (Fashion-MNIST's test set), got {self.test_per_class}")
 
@@ -198,8 +203,8 @@ def run_study(output_dir: str | os.PathLike, *, models: Iterable[str] = tuple(MO
     results_path.parent.mkdir(parents=True, exist_ok=True)
     report_path = Path(report) if report is not None else output_dir / "ACCURACY.md"
     specs = plan_runs(models, sizes, schedules, seeds)
-    done = {record["key"] for record in load_results(results_path)}
-    todo = [spec for spec in specs if _key(spec, settings) not in done]
+    done = {_record_key(record) for record in load_results(results_path)}
+    todo = [spec for spec in specs if _key(spec, asdict(settings)) not in done]
     log.info("accuracy study: %d of %d runs already in %s, %d to go", len(specs) - len(todo), len(specs),
              results_path, len(todo))
     also_into = tuple(Path(path) for path in also_into)
@@ -354,13 +359,17 @@ def prepare_data(data_root: Path, per_class: int, seed: int, test_per_class: int
     return target
 
 
-def build_study_model(spec: RunSpec, head: str):
+def input_size(model: str, settings: StudySettings) -> int:
+    """The side of the square images ``model`` is fed in the study."""
+    return settings.image_size or MODEL_INPUTS[model].image_size
+
+
+def build_study_model(spec: RunSpec, settings: StudySettings):
     """The spec's network for Fashion-MNIST: 10 classes, one channel, the study's input size."""
     from phasenets.models import build_model
 
-    model_input = MODEL_INPUTS[spec.model]
-    return build_model(spec.model, 10, in_channels=1, image_size=model_input.image_size, head=head,
-                       **model_input.options)
+    return build_model(spec.model, 10, in_channels=1, image_size=input_size(spec.model, settings),
+                       head=settings.head, **MODEL_INPUTS[spec.model].options)
 
 
 def train_config(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySettings, num_blocks: int):
@@ -370,7 +379,7 @@ def train_config(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySe
     phasewise = spec.schedule != "standard"
     return TrainConfig(
         data_dir=str(data_dir), dataset_name=data_dir.name, model=spec.model,
-        image_size=MODEL_INPUTS[spec.model].image_size, in_channels=1,
+        image_size=input_size(spec.model, settings), in_channels=1,
         schedule="phasewise" if phasewise else "standard", head=settings.head, optimizer=settings.optimizer,
         lr=settings.lr, batch_size=settings.batch_size, augment=settings.augment,
         max_epochs=settings.epochs_per_phase if phasewise else settings.epochs_per_phase * num_blocks,
@@ -388,14 +397,14 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySetti
 
     shutil.rmtree(run_dir, ignore_errors=True)
     torch.manual_seed(spec.seed)  # the trainer seeds itself only after the network exists
-    model = build_study_model(spec, settings.head)
+    model = build_study_model(spec, settings)
     config = train_config(spec, data_dir, run_dir, settings, model.num_blocks)
     started = time.perf_counter()
     result = PhaseTrainer(config, model=model).fit()
     seconds = time.perf_counter() - started
     resolved = json.loads((result.run_dir / "summary.json").read_text())["config"]
     return {
-        "key": _key(spec, settings), **asdict(spec), "settings": asdict(settings),
+        "key": _key(spec, asdict(settings)), **asdict(spec), "settings": asdict(settings),
         "test_accuracy": result.final["accuracy"], "test_images": result.final["count"],
         "validation_accuracy": result.phases[-1].validation["accuracy"], "seconds": seconds,
         "phases": [{"name": p.name, "epochs": p.epochs, "best_epoch": p.best_epoch,
@@ -436,8 +445,18 @@ def machine_description() -> str:
 # the results file
 
 
-def _key(spec: RunSpec, settings: StudySettings) -> str:
-    return json.dumps({**asdict(spec), **asdict(settings)}, sort_keys=True)
+def _key(spec: RunSpec, settings: dict[str, Any]) -> str:
+    """What tells runs apart: the spec and the settings in which the run differs from the study's
+    defaults. A setting added to the study later is missing from older records, which ran at its
+    default: they keep matching the runs they describe, and a rerun does not repeat them."""
+    defaults = asdict(StudySettings())
+    differing = {name: value for name, value in settings.items() if name not in defaults or value != defaults[name]}
+    return json.dumps({**asdict(spec), **differing}, sort_keys=True)
+
+
+def _record_key(record: dict[str, Any]) -> str:
+    spec = RunSpec(record["model"], record["per_class"], record["schedule"], record["seed"])
+    return _key(spec, record["settings"])
 
 
 def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -760,6 +779,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-views", type=int, default=defaults.cache_views,
                         help="augmented views per training image in the feature cache (default: the trainer's, "
                              "1 without augmentation)")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size,
+                        help="input side for every model, the images upscaled to it (default: each model's own: "
+                             + ", ".join(f"{name} {given.image_size}" for name, given in MODEL_INPUTS.items()) + " px)")
     parser.add_argument("--precise-bn", action="store_true",
                         help="re-estimate batch-norm statistics over the training set at the end of every phase")
     parser.add_argument("--verbose", action="store_true", help="print the trainer's per-epoch lines")
@@ -781,7 +803,7 @@ def run_from_args(args: argparse.Namespace, program: str = "phasenets bench accu
         epochs_per_phase=args.epochs_per_phase, patience=args.patience, optimizer=args.optimizer, lr=args.lr,
         batch_size=args.batch_size, head=args.head, augment=args.augment, test_per_class=test_per_class,
         loader=args.loader, num_workers=args.num_workers, num_threads=args.num_threads,
-        cache_views=args.cache_views, precise_bn=args.precise_bn,
+        cache_views=args.cache_views, precise_bn=args.precise_bn, image_size=args.image_size,
     )
     output = args.output or ("runs/accuracy-quick" if args.quick else "runs/accuracy")
     return run_study(output, models=models, sizes=sizes, schedules=_name_list(args.schedules), seeds=range(seeds),

@@ -4,14 +4,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from phasenets.cli import main
 from phasenets.study import (
-    REPORT_BEGIN, REPORT_END, RESULTS_FILE, RESULTS_SECTION, RunSpec, StudySettings, _append_result, _key, add_study_arguments,
-    command_line, format_table, load_results, plan_runs, summarize_results, train_config, write_report,
+    REPORT_BEGIN, REPORT_END, RESULTS_FILE, RESULTS_SECTION, RunSpec, StudySettings, _append_result, _key, _record_key,
+    add_study_arguments, build_study_model, command_line, format_table, load_results, plan_runs, summarize_results, train_config, write_report,
 )
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
@@ -181,9 +182,9 @@ def test_a_failing_run_leaves_the_others_records_and_fails_the_study(tmp_path, f
 
 def test_investigation_settings_enter_the_key_the_variant_and_the_run():
     spec = RunSpec("lenet5", 50, "phasewise", 0)
-    keys = {_key(spec, StudySettings()), _key(spec, StudySettings(precise_bn=True)),
-            _key(spec, StudySettings(cache_views=4))}
-    assert len(keys) == 3
+    keys = {_key(spec, asdict(StudySettings())), _key(spec, asdict(StudySettings(precise_bn=True))),
+            _key(spec, asdict(StudySettings(cache_views=4))), _key(spec, asdict(StudySettings(image_size=227)))}
+    assert len(keys) == 4
     with pytest.raises(ValueError, match="cache_views must be at least 1"):
         StudySettings(cache_views=0)
 
@@ -258,3 +259,29 @@ def test_the_benchmark_report_keeps_the_study_section_when_it_rewrites_the_file(
     assert "old rows" not in text and "no benchmark reported a target" in text
     assert text.endswith(section) and text.count(RESULTS_SECTION) == 1
     assert report.study_section("# Benchmark results\n") == ""
+
+
+def test_a_record_from_before_a_setting_existed_still_counts_as_done():
+    spec = RunSpec("lenet5", 50, "phasewise", 0)
+    current = asdict(StudySettings())
+    older = {name: value for name, value in current.items() if name != "image_size"}  # predates the setting
+    record = {**asdict(spec), "settings": older}
+    assert _record_key(record) == _key(spec, current)
+    assert _record_key({**record, "settings": {**older, "lr": 1e-4}}) != _key(spec, current)
+
+
+def test_image_size_feeds_every_model_that_size(tmp_path, fashion_mnist, capsys):
+    settings = StudySettings(image_size=40)
+    for model in ("lenet5", "alexnet"):
+        spec = RunSpec(model, 2, "phasewise", 0)
+        assert build_study_model(spec, settings).input_shape == (1, 40, 40)
+        assert train_config(spec, Path("data"), Path("run"), settings, num_blocks=5).image_size == 40
+    assert build_study_model(RunSpec("alexnet", 2, "phasewise", 0), StudySettings()).input_shape == (1, 64, 64)
+    with pytest.raises(ValueError, match="image_size must be positive"):
+        StudySettings(image_size=0)
+
+    output = tmp_path / "study"
+    tiny = [*TINY, "--schedules", "phasewise", "--epochs-per-phase", "1"]
+    assert main(["bench", "accuracy", "--output", str(output), *tiny, "--image-size", "40"]) == 0
+    record, = load_results(output / RESULTS_FILE)
+    assert record["settings"]["image_size"] == 40 and record["command"].endswith("--image-size 40")
