@@ -404,7 +404,7 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySetti
     seconds = time.perf_counter() - started
     resolved = json.loads((result.run_dir / "summary.json").read_text())["config"]
     return {
-        "key": _key(spec, asdict(settings)), **asdict(spec), "settings": asdict(settings),
+        **asdict(spec), "settings": asdict(settings),
         "test_accuracy": result.final["accuracy"], "test_images": result.final["count"],
         "validation_accuracy": result.phases[-1].validation["accuracy"], "seconds": seconds,
         "phases": [{"name": p.name, "epochs": p.epochs, "best_epoch": p.best_epoch,

@@ -33,7 +33,7 @@ def fashion_mnist():
 
 def _record(model="lenet5", per_class=50, schedule="standard", seed=0, accuracy=0.5, seconds=10.0):
     return {
-        "key": f"{model}-{per_class}-{schedule}-{seed}", "model": model, "per_class": per_class,
+        "model": model, "per_class": per_class,
         "schedule": schedule, "seed": seed, "test_accuracy": accuracy, "seconds": seconds,
         "phases": [{"name": "p", "epochs": 3, "seconds": 2.0}], "settings": {"epochs_per_phase": 3}, "cache": "auto",
         "machine": "test machine", "finished": "2026-01-01T00:00:00+00:00", "command": "phasenets bench accuracy",
@@ -111,7 +111,7 @@ def test_report_keeps_the_notes_around_its_block(tmp_path):
 
 def test_a_torn_last_line_is_dropped_and_its_run_redone(tmp_path):
     path = tmp_path / RESULTS_FILE
-    path.write_text(json.dumps(_record(seed=0)) + "\n" + '{"key": "half a rec')
+    path.write_text(json.dumps(_record(seed=0)) + "\n" + '{"model": "half a rec')
     assert [record["seed"] for record in load_results(path)] == [0]
     _append_result(path, _record(seed=1))
     assert [record["seed"] for record in load_results(path)] == [0, 1]
@@ -135,7 +135,7 @@ def test_unknown_models_and_schedules_list_the_valid_ones():
 # ----------------------------------------------------------------------------------------------
 # the results file, parallel runs, failures, the investigation settings
 
-OUTCOME_FIELDS = ("key", "model", "per_class", "schedule", "seed", "settings", "test_accuracy", "test_images",
+OUTCOME_FIELDS = ("model", "per_class", "schedule", "seed", "settings", "test_accuracy", "test_images",
                   "validation_accuracy", "cache")
 
 
@@ -144,7 +144,7 @@ def _outcomes(path) -> dict[str, dict]:
     outcomes = {}
     for record in load_results(path):
         phases = [{k: v for k, v in phase.items() if k != "seconds"} for phase in record["phases"]]
-        outcomes[record["key"]] = {**{name: record[name] for name in OUTCOME_FIELDS}, "phases": phases}
+        outcomes[_record_key(record)] = {**{name: record[name] for name in OUTCOME_FIELDS}, "phases": phases}
     return outcomes
 
 
