@@ -54,7 +54,7 @@ from phasenets.config import AUGMENT_PRESETS, HEADS, LOADERS
 
 __all__ = [
     "MODEL_INPUTS", "SCHEDULES", "QUICK", "RunSpec", "StudySettings", "StudyOutcome", "StudyRow",
-    "add_study_arguments", "format_table", "load_results", "plot_results", "run_from_args", "run_study",
+    "add_study_arguments", "format_finetune_table", "format_table", "load_results", "plot_results", "run_from_args", "run_study",
     "summarize_results", "write_report",
 ]
 
@@ -607,6 +607,54 @@ def format_table(rows: list[StudyRow]) -> str:
     return "\n".join(lines)
 
 
+def format_finetune_table(records: list[dict[str, Any]]) -> str:
+    """What the fine-tuning phase itself did, read inside each ``phasewise+finetune`` run.
+
+    The phase starts from the phase-5 network and keeps it unless one of its epochs beats it on
+    validation, so its validation gain is never negative (with ``precise_bn`` the phase then
+    re-estimates every block's batch-norm statistics, which changes even a network it kept). Where the run's phase-wise twin (same
+    model, size, seed and settings) was trained on a machine of the same description, the two
+    share their first five phases exactly, and the difference of their test accuracies is what the
+    phase did on the test set; across machines the runs drift apart, and that column says "-".
+    Empty when there are no fine-tuning runs.
+    """
+    labels = _variant_labels(records)
+    twins = {(r["model"], r["per_class"], r["seed"], label): r
+             for r, label in zip(records, labels) if r["schedule"] == "phasewise"}
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for record, label in zip(records, labels):
+        if record["schedule"] == "phasewise+finetune":
+            groups.setdefault((record["model"], record["per_class"], label), []).append(record)
+    if not groups:
+        return ""
+    with_variants = any(label for _, _, label in groups)
+    lines = ["| model | train images / class | " + ("settings | " if with_variants else "")
+             + "seeds | runs where it beat phase 5 | validation gain over phase 5 (pt, per seed) "
+               "| test change over the phase-wise twin (pt) | its share of the epoch-loop time |",
+             "|---|---:|" + ("---|" if with_variants else "") + "---:|---:|---|---|---:|"]
+    order = lambda key: (_position(key[0], MODEL_INPUTS), key[1], key[2], key[0])  # noqa: E731
+    for model, size, label in sorted(groups, key=order):
+        runs = sorted(groups[model, size, label], key=lambda run: run["seed"])
+        gains = [100 * (run["phases"][-1]["validation_accuracy"] - run["phases"][-2]["validation_accuracy"])
+                 for run in runs]
+        changes = []
+        for run in runs:
+            twin = twins.get((model, size, run["seed"], label))
+            same_machine = twin is not None and twin["machine"] == run["machine"]
+            changes.append(100 * (run["test_accuracy"] - twin["test_accuracy"]) if same_machine else None)
+        share = statistics.fmean(run["phases"][-1]["seconds"] / max(sum(p["seconds"] for p in run["phases"]), 1e-9)
+                                 for run in runs)
+        cells = [model, f"{size:,}", *([label or "-"] if with_variants else []), str(len(runs)),
+                 str(sum(gain > 0 for gain in gains)), ", ".join(map(_points, gains)),
+                 ", ".join("-" if change is None else _points(change) for change in changes), f"{100 * share:.0f} %"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _points(value: float) -> str:
+    return "0" if abs(value) < 5e-3 else f"{value:+.2f}"
+
+
 VARIANT_LINE_STYLES = ("--", ":", "-.")
 
 
@@ -676,7 +724,12 @@ def write_report(records: list[dict[str, Any]], report_path: str | os.PathLike,
     rows = summarize_results(records)
     if rows:
         plot_results(rows, plot_path)
-    block = "\n".join([REPORT_BEGIN, _provenance(records, plot_path), "", format_table(rows), REPORT_END])
+    parts = [REPORT_BEGIN, _provenance(records, plot_path), "", format_table(rows)]
+    finetune = format_finetune_table(records)
+    if finetune:
+        parts += ["", "The fine-tuning phase on its own (`phasewise+finetune` runs; see `format_finetune_table`):",
+                  "", finetune]
+    block = "\n".join([*parts, REPORT_END])
     _put_block(report_path, block, "# Accuracy study: phase-wise vs end-to-end training\n\n")
     heading = (f"\n{RESULTS_SECTION}\n\nThe generated table of [{report_path.name}]({report_path.name}), "
                "which also says how the study is run and what it found.\n\n")

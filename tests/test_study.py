@@ -12,7 +12,7 @@ import pytest
 from phasenets.cli import main
 from phasenets.study import (
     REPORT_BEGIN, REPORT_END, RESULTS_FILE, RESULTS_SECTION, RunSpec, StudySettings, _append_result, _key, _record_key,
-    add_study_arguments, build_study_model, command_line, format_table, load_results, plan_runs, summarize_results, train_config, write_report,
+    add_study_arguments, build_study_model, command_line, format_finetune_table, format_table, load_results, plan_runs, summarize_results, train_config, write_report,
 )
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
@@ -285,3 +285,27 @@ def test_image_size_feeds_every_model_that_size(tmp_path, fashion_mnist, capsys)
     assert main(["bench", "accuracy", "--output", str(output), *tiny, "--image-size", "40"]) == 0
     record, = load_results(output / RESULTS_FILE)
     assert record["settings"]["image_size"] == 40 and record["command"].endswith("--image-size 40")
+
+
+def _phases(*validation, seconds=2.0):
+    return [{"name": f"phase {k}", "epochs": 3, "validation_accuracy": v, "seconds": seconds}
+            for k, v in enumerate(validation, 1)]
+
+
+def test_the_finetune_table_reads_the_phase_inside_each_run_and_against_same_machine_twins(tmp_path):
+    twin0 = {**_record(schedule="phasewise", seed=0, accuracy=0.80), "phases": _phases(0.5, 0.7)}
+    twin1 = {**_record(schedule="phasewise", seed=1, accuracy=0.70), "phases": _phases(0.5, 0.7),
+             "machine": "another machine"}
+    tuned0 = {**_record(schedule="phasewise+finetune", seed=0, accuracy=0.83),
+              "phases": [*_phases(0.5, 0.7), {"name": "finetune", "epochs": 5, "validation_accuracy": 0.75,
+                                              "seconds": 4.0}]}
+    tuned1 = {**_record(schedule="phasewise+finetune", seed=1, accuracy=0.76), "phases": _phases(0.5, 0.7, 0.7)}
+    records = [twin0, twin1, tuned0, tuned1]
+    table = format_finetune_table(records)
+    # seed 0: +5 pt validation, +3 pt test against its twin; seed 1 kept phase 5, and its twin ran elsewhere
+    assert "| lenet5 | 50 | 2 | 1 | +5.00, 0 | +3.00, - | 42 % |" in table  # (4/8 + 2/6) / 2
+    assert format_finetune_table(records[:2]) == ""
+    write_report(records, tmp_path / "ACCURACY.md")
+    assert table in (tmp_path / "ACCURACY.md").read_text()
+    write_report(records[:2], tmp_path / "WITHOUT.md")
+    assert "The fine-tuning phase on its own" not in (tmp_path / "WITHOUT.md").read_text()
