@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -46,7 +45,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -54,8 +53,8 @@ from phasenets.config import AUGMENT_PRESETS, HEADS, LOADERS
 
 __all__ = [
     "MODEL_INPUTS", "SCHEDULES", "QUICK", "RunSpec", "StudySettings", "StudyOutcome", "StudyRow",
-    "add_study_arguments", "format_finetune_table", "format_table", "load_results", "plot_results", "run_from_args", "run_study",
-    "summarize_results", "write_report",
+    "add_study_arguments", "format_finetune_table", "format_table", "load_results", "plot_results",
+    "run_from_args", "run_study", "summarize_results", "write_report",
 ]
 
 log = logging.getLogger("phasenets")
@@ -612,11 +611,11 @@ def format_finetune_table(records: list[dict[str, Any]]) -> str:
 
     The phase starts from the phase-5 network and keeps it unless one of its epochs beats it on
     validation, so its validation gain is never negative (with ``precise_bn`` the phase then
-    re-estimates every block's batch-norm statistics, which changes even a network it kept). Where the run's phase-wise twin (same
-    model, size, seed and settings) was trained on a machine of the same description, the two
-    share their first five phases exactly, and the difference of their test accuracies is what the
-    phase did on the test set; across machines the runs drift apart, and that column says "-".
-    Empty when there are no fine-tuning runs.
+    re-estimates every block's batch-norm statistics, which changes even a network it kept).
+    Where the run's phase-wise twin (same model, size, seed and settings) was trained on a machine
+    of the same description, the two share their first five phases exactly, and the difference of
+    their test accuracies is what the phase did on the test set; across machines the runs drift
+    apart, and that column says "-". Empty when there are no fine-tuning runs.
     """
     labels = _variant_labels(records)
     twins = {(r["model"], r["per_class"], r["seed"], label): r
@@ -632,7 +631,10 @@ def format_finetune_table(records: list[dict[str, Any]]) -> str:
              + "seeds | runs where it beat phase 5 | validation gain over phase 5 (pt, per seed) "
                "| test change over the phase-wise twin (pt) | its share of the epoch-loop time |",
              "|---|---:|" + ("---|" if with_variants else "") + "---:|---:|---|---|---:|"]
-    order = lambda key: (_position(key[0], MODEL_INPUTS), key[1], key[2], key[0])  # noqa: E731
+    def order(key: tuple[str, int, str]) -> tuple:
+        model, size, label = key
+        return (_position(model, MODEL_INPUTS), size, label, model)
+
     for model, size, label in sorted(groups, key=order):
         runs = sorted(groups[model, size, label], key=lambda run: run["seed"])
         gains = [100 * (run["phases"][-1]["validation_accuracy"] - run["phases"][-2]["validation_accuracy"])
