@@ -25,9 +25,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path[:0] = [str(ROOT), str(HERE)]  # phasenets from this checkout, and study.py beside this file
 
-from phasenets.study import RESULTS_SECTION  # noqa: E402
+from study import RESULTS_SECTION  # noqa: E402
 
 T4_TARGETS = {"fp16": 1.0, "fp16_to_fp32": 1.0, "int8_dequant_fp32": 1.5, "int8_dequant_fp16": 1.5}
 T5_TARGET = 1.3

@@ -39,11 +39,8 @@ from torch import nn
 
 from phasenets import _extension
 from phasenets.cache import FeatureCache, reference
-from phasenets.models import build_model
-from phasenets.train.feature_levels import PREFETCH_BATCHES, CacheSettings, FeatureLevels, SplitFeed
-from phasenets.train.plan import Phase
-from phasenets.train.sources import FrozenPrefixSource
-from test_phase_cache import NUM_CLASSES, T1_PHASE, TensorLoader, _train_epoch, _verdict
+from phasenets.cache.levels import PREFETCH_BATCHES
+from test_phase_cache import T1_PHASE, _train_epoch, _verdict, late_phase_on, synchronize
 
 
 def _skip_reason() -> str | None:
@@ -93,10 +90,6 @@ def _measure_once(benchmark, measure, *args) -> dict[str, float]:
     return result
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _event_seconds(work, device: torch.device) -> float:
     """Seconds ``work()`` keeps the device busy, CUDA events around it: the gaps the host leaves
@@ -115,10 +108,10 @@ def _event_seconds(work, device: torch.device) -> float:
 
 def _wall_seconds(work, device: torch.device) -> float:
     """Wall time of ``work()`` and of all the device work it queued."""
-    _synchronize(device)
+    synchronize(device)
     started = time.perf_counter()
     work()
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - started
 
 
@@ -326,32 +319,6 @@ def test_g3_host_reads_overlapped(benchmark, host_cache, prefetch, device):
 # T1 on the GPU: one epoch of a late phase, cache vs recompute
 
 
-def late_phase_on(device: torch.device, image_size: int, num_images: int, tier: str, cache_dir):
-    """test_phase_cache.py's ``late_phase`` on ``device``, the images already there and the level
-    cache in ``tier``: (stage, {"recompute": source, "cache": source}, build seconds, the levels
-    to close)."""
-    torch.manual_seed(0)
-    model = build_model("alexnet", NUM_CLASSES, in_channels=3, image_size=image_size).to(device)
-    model.freeze_blocks(T1_PHASE - 1)
-    images = torch.randn(num_images, 3, image_size, image_size, device=device)
-    labels = torch.randint(0, NUM_CLASSES, (num_images,))
-    batching = dict(batch_size=T1_BATCH, shuffle=True, seed=0, drop_last=False, rank=0, world_size=1)
-    feed = SplitFeed(labels=labels, manifest=[], make_loader=lambda: TensorLoader(images, labels, T1_BATCH, True),
-                     batching=batching, preprocessing={}, augmented=False)
-    phase = Phase(T1_PHASE, f"phase {T1_PHASE}", T1_PHASE, T1_PHASE, (1.0,), 1)
-    settings = CacheSettings(tier, views=1, dtype="fp16", cache_dir=cache_dir, budget_bytes=None)
-    levels = FeatureLevels(model, {"train": feed}, settings, [phase], device, info=lambda *a: None)
-    _synchronize(device)
-    started = time.perf_counter()
-    cached = levels.source("train", phase)  # builds levels 1 and 2
-    _synchronize(device)
-    build_seconds = time.perf_counter() - started
-    assert levels.builds == T1_PHASE - 1 and cached.cache.tier == tier
-    recompute = FrozenPrefixSource(TensorLoader(images, labels, T1_BATCH, True), model, T1_PHASE - 1, device)
-    stage = nn.Sequential(model.blocks[T1_PHASE - 1], model.head(T1_PHASE))
-    return stage, {"recompute": recompute, "cache": cached}, build_seconds, levels
-
-
 def _first_batch(source):
     batches = iter(source)
     first = next(batches)
@@ -387,7 +354,7 @@ def measure_t1(stage: nn.Module, sources: dict, device: torch.device, rounds: in
 @pytest.fixture(scope="module", params=list(T1_IMAGES), ids=lambda size: f"{size}px")
 def gpu_late_phase(request, device, tmp_path_factory):
     size = request.param
-    stage, sources, build_seconds, levels = late_phase_on(device, size, T1_IMAGES[size], "cuda",
+    stage, sources, build_seconds, levels = late_phase_on(device, size, T1_IMAGES[size], T1_BATCH, "cuda",
                                                           tmp_path_factory.mktemp("cache"))
     yield size, stage, sources, build_seconds
     levels.close()

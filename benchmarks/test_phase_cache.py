@@ -17,6 +17,7 @@ compute the same thing before it times either. Each stashes its ratio, target an
 """
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import time
@@ -28,11 +29,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from phasenets.cache import FeatureLevels, LevelSettings, Placement, SplitFeed
 from phasenets.config import TrainConfig
+from phasenets.data.torch_loader import ShardedBatchSampler
 from phasenets.models import build_model
 from phasenets.train import PhaseTrainer
-from phasenets.train.feature_levels import CacheSettings, FeatureLevels, SplitFeed
-from phasenets.train.plan import Phase
 from phasenets.train.sources import FrozenPrefixSource
 
 THREADS = 2
@@ -93,26 +94,44 @@ class TensorLoader:
             yield self.images[indices], self.labels[indices], indices
 
 
+def late_phase_on(device: torch.device, image_size: int, num_images: int, batch_size: int, tier: str, cache_dir):
+    """AlexNet at ``image_size`` on ``device`` with the blocks before phase T1_PHASE frozen, random
+    images already on the device, and level T1_PHASE - 1 cached in ``tier``. Returns the phase's
+    stage, its two feature sources ({"cache": ..., "recompute": ...}), the level build's seconds
+    and the levels (to close)."""
+    torch.manual_seed(0)
+    model = build_model("alexnet", NUM_CLASSES, in_channels=3, image_size=image_size).to(device)
+    model.freeze_blocks(T1_PHASE - 1)
+    images = torch.randn(num_images, 3, image_size, image_size, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (num_images,))
+    sampler = functools.partial(ShardedBatchSampler, num_images, batch_size, shuffle=True, seed=0, drop_last=False,
+                                rank=0, world_size=1)
+    feed = SplitFeed(labels=labels, manifest=[], make_loader=lambda: TensorLoader(images, labels, batch_size, True),
+                     make_sampler=sampler, preprocessing={}, augmented=False)
+    settings = LevelSettings(views=1, dtype="fp16", placement=Placement(tier, cache_dir=cache_dir))
+    levels = FeatureLevels(model, {"train": feed}, settings, device, info=lambda *a: None)
+    synchronize(device)
+    started = time.perf_counter()
+    cached = levels.features("train", T1_PHASE - 1)  # builds levels 1 .. T1_PHASE - 1
+    synchronize(device)
+    build_seconds = time.perf_counter() - started
+    assert levels.builds == T1_PHASE - 1 and cached.cache.tier == tier
+    recompute = FrozenPrefixSource(TensorLoader(images, labels, batch_size, True), model, T1_PHASE - 1, device)
+    stage = nn.Sequential(model.blocks[T1_PHASE - 1], model.head(T1_PHASE))
+    return stage, {"cache": cached, "recompute": recompute}, build_seconds, levels
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @pytest.fixture(scope="module")
 def late_phase(tmp_path_factory):
-    """AlexNet at 64 px with the blocks before phase T1_PHASE frozen, its stage, and both feature sources."""
-    torch.manual_seed(0)
-    model = build_model("alexnet", NUM_CLASSES, in_channels=3, image_size=IMAGE_SIZE)
-    model.freeze_blocks(T1_PHASE - 1)
-    images = torch.randn(T1_IMAGES, 3, IMAGE_SIZE, IMAGE_SIZE)
-    labels = torch.randint(0, NUM_CLASSES, (T1_IMAGES,))
-    batching = dict(batch_size=BATCH, shuffle=True, seed=0, drop_last=False, rank=0, world_size=1)
-    feed = SplitFeed(labels=labels, manifest=[], make_loader=lambda: TensorLoader(images, labels, BATCH, True),
-                     batching=batching, preprocessing={}, augmented=False)
-    phase = Phase(T1_PHASE, f"phase {T1_PHASE}", T1_PHASE, T1_PHASE, (1.0,), 1)
-    settings = CacheSettings("host", views=1, dtype="fp16", cache_dir=tmp_path_factory.mktemp("cache"), budget_bytes=None)
-    levels = FeatureLevels(model, {"train": feed}, settings, [phase], torch.device("cpu"), info=lambda *a: None)
-    started = time.perf_counter()
-    cached = levels.source("train", phase)
-    build_seconds = time.perf_counter() - started
-    recompute = FrozenPrefixSource(TensorLoader(images, labels, BATCH, True), model, T1_PHASE - 1, torch.device("cpu"))
-    stage = nn.Sequential(model.blocks[T1_PHASE - 1], model.head(T1_PHASE))
-    yield model, stage, {"cache": cached, "recompute": recompute}, build_seconds
+    """The T1 setting on the CPU: (stage, both feature sources, the level build's seconds)."""
+    stage, sources, build_seconds, levels = late_phase_on(torch.device("cpu"), IMAGE_SIZE, T1_IMAGES, BATCH, "host",
+                                                          tmp_path_factory.mktemp("cache"))
+    yield stage, sources, build_seconds
     levels.close()
 
 
@@ -134,7 +153,7 @@ _t1_seconds: dict[str, float] = {}
 
 @pytest.mark.parametrize("path", ["recompute", "cache"])
 def test_t1_phase_epoch(benchmark, late_phase, path):
-    model, stage, sources, build_seconds = late_phase
+    stage, sources, build_seconds = late_phase
     # the same batches: same indices and labels, features equal within fp16 storage rounding
     for source in sources.values():
         source.set_epoch(0)
@@ -159,7 +178,7 @@ def test_t1_phase_epoch(benchmark, late_phase, path):
 
 
 def test_t3_wait_on_cached_batches(benchmark, late_phase):
-    _, stage, sources, _ = late_phase
+    stage, sources, _ = late_phase
     source = sources["cache"]
     optimizer = torch.optim.SGD([p for p in stage.parameters() if p.requires_grad], lr=1e-3)
     epochs = iter(range(100, 200))

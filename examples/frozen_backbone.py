@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phasenets.cache import FORMAT_VERSION, FeatureCache, cache_fingerprint, dataset_manifest
+from phasenets.cache import CacheSpec, FeatureCache, cache_fingerprint, dataset_manifest
 from phasenets.models import build_model
 
 IMAGE_SIZE = 32
@@ -90,7 +90,7 @@ def load_backbone(args: argparse.Namespace) -> tuple[nn.Module, str]:
     return model, weights
 
 
-def fingerprint_for(model, args, split_name: str, images: torch.Tensor, weights: str) -> str:
+def fingerprint_for(model, args, split_name: str, images: torch.Tensor, weights: str, spec: CacheSpec) -> str:
     # The images live in memory, so their bytes stand in for a file manifest; the weights file is
     # listed too, so that replacing it invalidates the cache even before its tensors are compared.
     preprocessing = {"dataset": split_name, "image_size": IMAGE_SIZE, "normalize": [0.5, 0.5],
@@ -100,14 +100,13 @@ def fingerprint_for(model, args, split_name: str, images: torch.Tensor, weights:
         {"model": args.model, "config": model.config, "frozen_blocks": args.freeze},
         preprocessing,
         dataset_manifest([weights]),
-        args.dtype,
-        1,
-        FORMAT_VERSION,
+        spec,
     )
 
 
 def cached_features(model, args, split_name: str, images: torch.Tensor, weights: str) -> FeatureCache:
     feature_shape = model.block_output_shapes[args.freeze - 1]
+    spec = CacheSpec(len(images), feature_shape, views=1, dtype=args.dtype)
 
     def build(cache: FeatureCache) -> None:
         print(f"  {split_name}: running blocks 1..{args.freeze} over {len(images)} images once")
@@ -119,10 +118,9 @@ def cached_features(model, args, split_name: str, images: torch.Tensor, weights:
     started = time.perf_counter()
     cache = FeatureCache.open_or_build(
         build, cache_dir=args.cache_dir, name=f"{split_name}-{args.model}-upto{args.freeze}",
-        fingerprint=fingerprint_for(model, args, split_name, images, weights), tier=args.tier,
-        num_samples=len(images), feature_shape=feature_shape, dtype=args.dtype,
+        fingerprint=fingerprint_for(model, args, split_name, images, weights, spec), tier=args.tier, spec=spec,
     )
-    print(f"  {split_name}: {cache.num_samples} x {feature_shape} {cache.dtype} on {cache.tier}, "
+    print(f"  {split_name}: {cache.num_samples} x {feature_shape} {cache.dtype} on {cache.tier.value}, "
           f"{cache.nbytes / 2**20:.2f} MiB, ready in {time.perf_counter() - started:.2f}s")
     return cache
 

@@ -9,8 +9,9 @@ even where an optional part (the native extension, DALI) is missing.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from phasenets._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -37,14 +38,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from phasenets.train import PhaseTrainer
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'phasenets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -223,32 +223,6 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# bench
-
-
-def _add_bench(commands) -> argparse.ArgumentParser:
-    from phasenets.study import add_study_arguments
-
-    parser = commands.add_parser("bench", help="studies that take minutes to hours (resumable)")
-    studies = parser.add_subparsers(dest="bench_command", required=True, metavar="STUDY")
-    accuracy = studies.add_parser(
-        "accuracy", help="phase-wise vs end-to-end test accuracy on Fashion-MNIST subsets: table + PNG",
-        description="Trains every (model, size, schedule, seed) not yet in the results file (--results, "
-                    "default OUTPUT/results.jsonl), then writes the markdown table and the plot.",
-    )
-    add_study_arguments(accuracy)
-    return parser
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    from phasenets.study import run_from_args
-
-    outcome = run_from_args(args)
-    print(outcome.summary())
-    return EXIT_FAILED if outcome.failed else EXIT_OK
-
-
-# ----------------------------------------------------------------------------------------------
 # export
 
 
@@ -267,10 +241,9 @@ def _add_export(commands) -> argparse.ArgumentParser:
 
 def _run_export(args: argparse.Namespace) -> int:
     from phasenets.export import export_checkpoint
-    from phasenets.train.transfer import find_run_checkpoint
+    from phasenets.train.rundir import resolve_checkpoint
 
-    checkpoint = find_run_checkpoint(args.checkpoint) if os.path.isdir(args.checkpoint) else args.checkpoint
-    result = export_checkpoint(checkpoint, args.format, args.out, verify=args.verify)
+    result = export_checkpoint(resolve_checkpoint(args.checkpoint), args.format, args.out, verify=args.verify)
     check = ("" if result.max_abs_diff is None else
              f"; largest difference from the checkpoint's logits {result.max_abs_diff:.2g} ({result.verified_with})")
     print(f"wrote {result.path} ({result.format}){check}")
@@ -292,9 +265,10 @@ def _add_viz(commands) -> argparse.ArgumentParser:
 
 
 def _run_viz(args: argparse.Namespace) -> int:
+    from phasenets.train.rundir import RunDirectory
     from phasenets.viz import plot_features, plot_filters
 
-    out = Path(args.out) if args.out else _run_dir_of(Path(args.checkpoint)) / "viz"
+    out = Path(args.out) if args.out else RunDirectory.of_checkpoint(args.checkpoint).viz_dir
     if args.what == "filters":
         if args.image or args.block:
             raise ValueError("viz filters draws the first convolution: --image and --block are for viz features")
@@ -305,13 +279,6 @@ def _run_viz(args: argparse.Namespace) -> int:
         paths = plot_features(args.checkpoint, args.image, out, block=args.block)
     print("\n".join(f"wrote {path}" for path in paths))
     return EXIT_OK
-
-
-def _run_dir_of(checkpoint: Path) -> Path:
-    """The run directory a checkpoint belongs to (the folder itself for a run directory or a loose file's folder)."""
-    if checkpoint.is_dir():
-        return checkpoint
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
 def _add_plot(commands) -> argparse.ArgumentParser:
@@ -338,7 +305,6 @@ _COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int]]] = {
     "export": (_add_export, _run_export),
     "viz": (_add_viz, _run_viz),
     "plot": (_add_plot, _run_plot),
-    "bench": (_add_bench, _run_bench),
 }
 
 

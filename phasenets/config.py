@@ -16,29 +16,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from phasenets.cache.spec import STORAGE_DTYPES
+from phasenets.cache.tiers import CACHE_MODES
+from phasenets.data import LOADER_KINDS
+from phasenets.data.transforms import AUGMENT_PRESETS, NORMALIZATION_MODES
+from phasenets.errors import ConfigError
+from phasenets.models.blockwise import HEAD_KINDS
+from phasenets.train import distributed, early_stopping, optim, plan, precision, preflight
+from phasenets.train.plan import block_lr_multipliers
+
 __all__ = ["ConfigError", "TrainConfig", "add_config_arguments", "config_from_args", "parse_bool"]
 
 
-class ConfigError(ValueError):
-    """An option has a value the trainer cannot use; the message says which values are valid."""
-
-
-SCHEDULES = ("phasewise", "standard", "progressive")
-OPTIMIZERS = ("adadelta", "adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "inverse_time", "cosine", "step")
-AMP_MODES = ("off", "bf16", "fp16")
-LOADERS = ("auto", "dali", "torch")
-NORMALIZATIONS = ("meanstd", "pixel_mean", "imagenet", "none")
-AUGMENT_PRESETS = ("none", "light", "standard")
-HEADS = ("linear", "mlp", "conv", "pooled_conv")  # auxiliary head kinds (phasenets.models.build_aux_head)
-MONITORS = ("accuracy", "loss")
-DEVICES = ("auto", "cpu", "cuda")
-CACHE_MODES = ("off", "auto", "cuda", "host", "disk")
-CACHE_DTYPES = ("fp32", "fp16", "bf16", "int8")
-BAD_IMAGE_ACTIONS = ("error", "skip")
-
-# Keras' defaults, which seed 000 relied on when --lr was not given.
-DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3, "adamw": 1e-3, "sgd": 0.01}
+# Each option's choices live with the code that implements them.
+SCHEDULES = plan.SCHEDULES
+OPTIMIZERS = optim.OPTIMIZERS
+LR_SCHEDULES = optim.LR_SCHEDULES
+DEFAULT_LR = optim.DEFAULT_LR
+AMP_MODES = precision.AMP_MODES
+LOADERS = LOADER_KINDS
+NORMALIZATIONS = NORMALIZATION_MODES
+HEADS = HEAD_KINDS
+MONITORS = early_stopping.MONITORS
+DEVICES = distributed.DEVICES
+CACHE_DTYPES = tuple(STORAGE_DTYPES)
+BAD_IMAGE_ACTIONS = preflight.BAD_IMAGE_ACTIONS
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -240,8 +242,6 @@ class TrainConfig:
 
     def _validate_transfer(self) -> None:
         """Per-block rates, ``init_from`` and the hierarchy options, checked before any data is read."""
-        from phasenets.train.transfer import block_lr_multipliers
-
         try:  # the same rule the plan applies once the number of blocks is known
             block_lr_multipliers(len(self.block_lr_multipliers) or 1, self.block_lr_multipliers or None,
                                  self.layer_decay)

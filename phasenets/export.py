@@ -22,6 +22,7 @@ random batch (ONNX through onnxruntime, or onnx's reference evaluator where onnx
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from phasenets._atomic import write_atomically
+from phasenets.train.checkpoint import Checkpoint, ModelRecord
 
 __all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "ExportResult", "export_checkpoint", "load_safetensors_model"]
 
@@ -69,12 +71,12 @@ def export_checkpoint(
 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid: {', '.join(EXPORT_FORMATS)}")
-    model, payload = load_trained_model(checkpoint)
+    model, trained = load_trained_model(checkpoint)
     model.eval()
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + _SUFFIXES[format])
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = json.dumps(_metadata(model, payload))
+    metadata = json.dumps(_metadata(model, trained))
     writer = {"onnx": _write_onnx, "torchscript": _write_torchscript, "safetensors": _write_safetensors}[format]
     write_atomically(out, lambda path: writer(model, path, metadata))
     result = ExportResult(out, format)
@@ -90,8 +92,6 @@ def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]
     """Rebuild the network saved by ``export_checkpoint(..., "safetensors")``; returns (model, metadata)."""
     from safetensors import safe_open
 
-    from phasenets.models import build_model
-
     with safe_open(str(path), framework="pt") as handle:
         header = handle.metadata() or {}
         state = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -99,9 +99,7 @@ def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]
         raise ValueError(f"{path} was not exported by phasenets (no {METADATA_KEY!r} metadata); load its tensors "
                          "with phasenets.models.pretrained.load_pretrained into a model you build")
     metadata = json.loads(header[METADATA_KEY])
-    record = metadata["model"]
-    model = build_model(record["name"], record["num_classes"], in_channels=record["in_channels"],
-                        image_size=record["image_size"], head=record["head"], **record["options"])
+    model = ModelRecord(**metadata["model"]).build()
     model.load_state_dict(state)
     return model.eval(), metadata
 
@@ -109,9 +107,10 @@ def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]
 # ----------------------------------------------------------------------------------------------
 
 
-def _metadata(model: nn.Module, payload: dict[str, Any]) -> dict[str, Any]:
+def _metadata(model: nn.Module, trained: Checkpoint) -> dict[str, Any]:
     return {
-        "model": payload["model"], "classes": list(payload["classes"]), "normalization": payload["normalization"],
+        "model": dataclasses.asdict(trained.model), "classes": list(trained.classes),
+        "normalization": trained.normalization,
         "input_shape": list(model.input_shape), "input": "images [N, C, H, W] float32, normalized",
         "output": "logits [N, num_classes]",
     }

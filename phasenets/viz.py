@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from phasenets.train.checkpoint import Checkpoint
 
 __all__ = ["plot_features", "plot_filters", "replot_run"]
 
@@ -59,10 +62,10 @@ def plot_features(
     from phasenets.data.images import load_image
     from phasenets.data.transforms import ImageTransform, Normalization
 
-    model, payload = _resolve(model)
+    model, trained = _resolve(model)
     channels, size = model.input_shape[0], model.input_shape[-1]
     if normalization is None:
-        normalization = (Normalization(**payload["normalization"]) if payload else Normalization.identity(channels))
+        normalization = Normalization(**trained.normalization) if trained else Normalization.identity(channels)
     blocks = range(1, model.num_blocks + 1) if block is None else [block]
     if block is not None and not 1 <= block <= model.num_blocks:
         raise ValueError(f"block must be in 1..{model.num_blocks}; got {block}")
@@ -70,7 +73,7 @@ def plot_features(
     features = transform(load_image(str(image_path), channels), 0, 0)[None]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes = list(payload["classes"]) if payload else None
+    classes = list(trained.classes) if trained else None
     paths = []
     model.eval()
     with torch.no_grad():
@@ -86,22 +89,21 @@ def plot_features(
 def replot_run(run_dir: str | Path) -> list[Path]:
     """Redraw a run's ``accuracy.png`` and ``loss.png`` from its ``metrics.csv``; returns their paths."""
     from phasenets.train.run_log import plot_history
+    from phasenets.train.rundir import RunDirectory
 
-    run_dir = Path(run_dir)
-    csv_path = run_dir / "metrics.csv"
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no metrics.csv; is it a phasenets run directory?")
+    run_dir = RunDirectory(run_dir)
+    if not run_dir.metrics_file.is_file():
+        raise FileNotFoundError(f"{run_dir.path} has no metrics.csv; is it a phasenets run directory?")
     phase_names = {}
-    summary = run_dir / "summary.json"
-    if summary.is_file():  # a finished run knows its phases' names ("finetune", "standard")
-        phase_names = {phase["index"]: phase["name"] for phase in json.loads(summary.read_text())["phases"]}
-    return plot_history(csv_path, run_dir, phase_names)
+    if run_dir.summary_file.is_file():  # a finished run knows its phases' names ("finetune", "standard")
+        phase_names = {phase["index"]: phase["name"] for phase in json.loads(run_dir.summary_file.read_text())["phases"]}
+    return plot_history(run_dir, phase_names)
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def _resolve(model: nn.Module | str | Path) -> tuple[nn.Module, dict[str, Any] | None]:
+def _resolve(model: nn.Module | str | Path) -> tuple[nn.Module, Checkpoint | None]:
     if isinstance(model, nn.Module):
         return model, None
     from phasenets.train.evaluate import load_trained_model

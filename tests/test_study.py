@@ -4,18 +4,35 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from phasenets.cli import main
-from phasenets.study import (
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the study harness lives in benchmarks/, outside the package
+
+from study import (  # noqa: E402
     REPORT_BEGIN, REPORT_END, RESULTS_FILE, RESULTS_SECTION, RunSpec, StudySettings, _append_result, _key, _record_key,
-    add_study_arguments, build_study_model, command_line, format_finetune_table, format_table, load_results, plan_runs, summarize_results, train_config, write_report,
+    add_study_arguments, build_study_model, command_line, format_finetune_table, format_table, load_results, plan_runs,
+    summarize_results, train_config, write_report,
 )
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+
+def _load_script():
+    loading = importlib.util.spec_from_file_location("accuracy_script", SCRIPT)
+    script = importlib.util.module_from_spec(loading)
+    loading.loader.exec_module(script)
+    return script
+
+
+def study(*argv: str, output: Path, results: Path | None = None) -> int:
+    """``python benchmarks/accuracy.py --output OUTPUT ...`` with its records and report kept in
+    OUTPUT (or the records in ``results``), away from the committed study."""
+    results = results or output / RESULTS_FILE
+    return _load_script().main(["--output", str(output), "--results", str(results),
+                                "--report", str(output / "ACCURACY.md"), *argv])
 
 TINY = ["--models", "lenet5", "--sizes", "2", "--seeds", "1", "--schedules", "phasewise,standard",
         "--epochs-per-phase", "1", "--test-per-class", "2", "--loader", "torch", "--num-workers", "0"]
@@ -36,20 +53,20 @@ def _record(model="lenet5", per_class=50, schedule="standard", seed=0, accuracy=
         "model": model, "per_class": per_class,
         "schedule": schedule, "seed": seed, "test_accuracy": accuracy, "seconds": seconds,
         "phases": [{"name": "p", "epochs": 3, "seconds": 2.0}], "settings": {"epochs_per_phase": 3}, "cache": "auto",
-        "machine": "test machine", "finished": "2026-01-01T00:00:00+00:00", "command": "phasenets bench accuracy",
+        "machine": "test machine", "finished": "2026-01-01T00:00:00+00:00", "command": "python benchmarks/accuracy.py",
     }
 
 
 def test_tiny_study_writes_results_table_and_plot_then_resumes(tmp_path, fashion_mnist, capsys):
     output = tmp_path / "study"
-    assert main(["bench", "accuracy", "--output", str(output), *TINY]) == 0
+    assert study(*TINY, output=output) == 0
     assert "2 new runs, 2 in all" in capsys.readouterr().out
 
     records = load_results(output / RESULTS_FILE)
     assert sorted(record["schedule"] for record in records) == ["phasewise", "standard"]
     for record in records:
         assert 0.0 <= record["test_accuracy"] <= 1.0 and record["test_images"] == 20  # 2 per class
-        assert record["seconds"] > 0 and record["command"].startswith("phasenets bench accuracy --output")
+        assert record["seconds"] > 0 and record["command"].startswith("python benchmarks/accuracy.py --output")
     phasewise = next(record for record in records if record["schedule"] == "phasewise")
     assert [phase["name"] for phase in phasewise["phases"]] == [f"phase {k}" for k in range(1, 6)]
 
@@ -59,7 +76,7 @@ def test_tiny_study_writes_results_table_and_plot_then_resumes(tmp_path, fashion
     assert (output / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     lines_before = (output / RESULTS_FILE).read_text()
-    assert main(["bench", "accuracy", "--output", str(output), *TINY]) == 0
+    assert study(*TINY, output=output) == 0
     assert "0 new runs, 2 in all" in capsys.readouterr().out
     assert (output / RESULTS_FILE).read_text() == lines_before
 
@@ -129,7 +146,7 @@ def test_unknown_models_and_schedules_list_the_valid_ones():
         plan_runs(["vgg16"], [50], ["standard"], [0])
     with pytest.raises(ValueError, match="valid: phasewise, standard, phasewise\\+finetune"):
         plan_runs(["lenet5"], [50], ["greedy"], [0])
-    assert main(["bench", "accuracy", "--sizes", "fifty"]) == 2
+    assert _load_script().main(["--sizes", "fifty"]) == 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,10 +167,9 @@ def _outcomes(path) -> dict[str, dict]:
 
 def test_two_jobs_record_what_one_job_does_into_a_results_file_elsewhere(tmp_path, fashion_mnist, capsys):
     in_turn, parallel = tmp_path / "in-turn", tmp_path / "parallel"
-    assert main(["bench", "accuracy", "--output", str(in_turn), *TINY]) == 0
+    assert study(*TINY, output=in_turn) == 0
     results = tmp_path / "committed" / "accuracy-results.jsonl"
-    assert main(["bench", "accuracy", "--output", str(parallel), "--results", str(results), "--jobs", "2",
-                 *TINY]) == 0
+    assert study("--jobs", "2", *TINY, output=parallel, results=results) == 0
     assert "2 new runs, 2 in all" in capsys.readouterr().out
     assert not (parallel / RESULTS_FILE).exists()
     # on CPU with one thread per run, a run in a process of its own trains exactly as in this one
@@ -169,14 +185,14 @@ def test_a_failing_run_leaves_the_others_records_and_fails_the_study(tmp_path, f
     blocker = output / "runs" / "lenet5-2pc-standard-seed0"  # a file where the run wants its folder
     blocker.parent.mkdir(parents=True)
     blocker.touch()
-    assert main(["bench", "accuracy", "--output", str(output), "--jobs", str(jobs), *TINY]) == 1
+    assert study("--jobs", str(jobs), *TINY, output=output) == 1
     assert "1 new runs, 1 in all; 1 failed: lenet5-2pc-standard-seed0" in capsys.readouterr().out
     assert "lenet5-2pc-standard-seed0 failed" in caplog.text and "FileExistsError" in caplog.text
     assert [record["schedule"] for record in load_results(output / RESULTS_FILE)] == ["phasewise"]
     assert "| lenet5 | 2 | phasewise | 1 |" in (output / "ACCURACY.md").read_text()
 
     blocker.unlink()  # a rerun does what failed, and only that
-    assert main(["bench", "accuracy", "--output", str(output), *TINY]) == 0
+    assert study(*TINY, output=output) == 0
     assert "1 new runs, 2 in all" in capsys.readouterr().out
 
 
@@ -206,9 +222,7 @@ def test_investigation_settings_enter_the_key_the_variant_and_the_run():
 
 
 def test_the_script_keeps_its_records_in_the_committed_file_but_a_quick_run_does_not(monkeypatch):
-    loading = importlib.util.spec_from_file_location("accuracy_script", SCRIPT)
-    script = importlib.util.module_from_spec(loading)
-    loading.loader.exec_module(script)
+    script = _load_script()
     seen = []
 
     class Outcome:
@@ -221,8 +235,7 @@ def test_the_script_keeps_its_records_in_the_committed_file_but_a_quick_run_does
                         lambda args, program, also_into: seen.append((args, also_into)) or Outcome())
     committed = ["--results", str(SCRIPT.with_name("accuracy-results.jsonl"))]  # as the recorded commands spell it
     for argv in ([], ["--quick"], committed, ["--report", "elsewhere.md"]):
-        monkeypatch.setattr("sys.argv", ["accuracy.py", *argv])
-        assert script.main() == 0
+        assert script.main(argv) == 0
     (full, into), (quick, quick_into), (_, committed_into), (_, elsewhere_into) = seen
     assert Path(full.results).resolve() == SCRIPT.with_name("accuracy-results.jsonl")
     assert Path(full.report).resolve() == SCRIPT.with_name("ACCURACY.md")
@@ -282,7 +295,7 @@ def test_image_size_feeds_every_model_that_size(tmp_path, fashion_mnist, capsys)
 
     output = tmp_path / "study"
     tiny = [*TINY, "--schedules", "phasewise", "--epochs-per-phase", "1"]
-    assert main(["bench", "accuracy", "--output", str(output), *tiny, "--image-size", "40"]) == 0
+    assert study(*tiny, "--image-size", "40", output=output) == 0
     record, = load_results(output / RESULTS_FILE)
     assert record["settings"]["image_size"] == 40 and record["command"].endswith("--image-size 40")
 

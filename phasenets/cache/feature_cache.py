@@ -39,15 +39,9 @@ import torch
 
 from phasenets._atomic import fsync_directory
 from phasenets.cache import ops
-from phasenets.cache.fileformat import (
-    STORAGE_DTYPES,
-    CacheFormatError,
-    CacheHeader,
-    encode_header,
-    payload_crc32,
-    read_header,
-)
-from phasenets.cache.tiers import TIERS, choose_tier
+from phasenets.cache.fileformat import CacheFormatError, CacheHeader, encode_header, payload_crc32, read_header
+from phasenets.cache.spec import CacheSpec
+from phasenets.cache.tiers import Placement, Tier
 
 __all__ = ["FeatureCache", "CacheLockTimeout"]
 
@@ -101,21 +95,11 @@ def _file_paths(cache_dir: str | os.PathLike, name: str) -> tuple[str, str, str]
     return base, base + ".partial-", base + ".lock"
 
 
-def _resolve_dtype(dtype: str | torch.dtype) -> str:
-    if isinstance(dtype, torch.dtype):
-        names = {torch_dtype: name for name, torch_dtype in STORAGE_DTYPES.items()}
-        if dtype in names:
-            return names[dtype]
-    elif dtype in STORAGE_DTYPES:
-        return dtype
-    raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
-
-
 class FeatureCache:
     """Rows of cached features in one tier. Create with :meth:`create`, :meth:`open` or
     :meth:`open_or_build`; do not call the constructor directly."""
 
-    def __init__(self, header: CacheHeader, storage: torch.Tensor, tier: str, *, committed: bool,
+    def __init__(self, header: CacheHeader, storage: torch.Tensor, tier: Tier, *, committed: bool,
                  disk: "_DiskFile | None" = None):
         self._header = header
         self._storage = storage  # [num_samples * views, row_elems] in the storage dtype
@@ -135,12 +119,13 @@ class FeatureCache:
     def create(
         cls,
         *,
-        num_samples: int,
-        feature_shape: Sequence[int],
         fingerprint: str,
+        spec: CacheSpec | None = None,
+        num_samples: int | None = None,
+        feature_shape: Sequence[int] | None = None,
         views: int = 1,
         dtype: str | torch.dtype = "fp16",
-        tier: str = "auto",
+        tier: str | Tier = "auto",
         cache_dir: str | os.PathLike | None = None,
         budget_bytes: int | None = None,
         name: str = "features",
@@ -150,14 +135,17 @@ class FeatureCache:
         """Allocate an empty cache to be filled with :meth:`write` and sealed with :meth:`commit`.
 
         Args:
+            fingerprint: the digest from :func:`~phasenets.cache.fingerprint.cache_fingerprint`;
+                a disk file is reused only by a caller presenting the same one.
+            spec: what the cache holds (:class:`~phasenets.cache.spec.CacheSpec`); or give its
+                fields instead:
             num_samples: rows per view (samples in the split).
             feature_shape: one sample's feature shape, e.g. ``(C, H, W)`` or ``(F,)``; its first
                 dimension is the channel dimension int8 scales are kept per.
-            fingerprint: the digest from :func:`~phasenets.cache.fingerprint.cache_fingerprint`;
-                a disk file is reused only by a caller presenting the same one.
             views: augmented views kept per sample.
             dtype: storage dtype, ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"int8"``.
-            tier: ``"auto"``, ``"cuda"``, ``"host"`` or ``"disk"`` (see :func:`choose_tier`).
+            tier: ``"auto"``, ``"cuda"``, ``"host"`` or ``"disk"`` (see
+                :class:`~phasenets.cache.tiers.Placement`).
             cache_dir: directory of the disk tier's file (required for ``"disk"``).
             budget_bytes: the most ``auto`` may put in device or host memory.
             name: the file's base name, unique per cache within ``cache_dir``.
@@ -168,18 +156,12 @@ class FeatureCache:
             lock_timeout: seconds a disk build waits for another builder of the same file
                 (``None``: as long as it takes).
         """
-        dtype = _resolve_dtype(dtype)
-        feature_shape = tuple(int(size) for size in feature_shape)
-        if num_samples < 1 or views < 1:
-            raise ValueError(f"need num_samples >= 1 and views >= 1, got {num_samples} and {views}")
-        if scale is not None and dtype != "int8":
-            raise ValueError(f"scale is only for int8 storage, not {dtype}")
-        header = CacheHeader(fingerprint, num_samples, views, feature_shape, dtype, payload_crc32=0,
-                             scale=None if scale is None else scale.detach().to("cpu", torch.float32))
-        if header.scale is not None:
-            encode_header(header)  # validates the scale's shape and values now, not at commit
-        tier = choose_tier(cls._nbytes_of(header), tier, budget_bytes=budget_bytes, cache_dir=cache_dir)
-        if tier == "disk":
+        spec = _spec_of(spec, num_samples, feature_shape, views, dtype)
+        if spec.num_samples < 1 or spec.views < 1:
+            raise ValueError(f"need num_samples >= 1 and views >= 1, got {spec.num_samples} and {spec.views}")
+        header = _header(fingerprint, spec, scale)
+        tier = Placement(tier, budget_bytes=budget_bytes, cache_dir=cache_dir).tier_for(spec.nbytes)
+        if tier is Tier.DISK:
             lock = _BuildLock(_file_paths(cache_dir, name)[2], lock_timeout)
             return cls._create_on_disk(header, cache_dir, name, lock)
         return cls(header, cls._allocate_in_memory(header, tier), tier, committed=False)
@@ -191,7 +173,7 @@ class FeatureCache:
         fingerprint: str,
         name: str = "features",
         *,
-        tier: str = "disk",
+        tier: str | Tier = "disk",
         verify: bool = True,
     ) -> FeatureCache | None:
         """Open the committed cache file ``<cache_dir>/<name>.pncache``, read-only.
@@ -206,8 +188,7 @@ class FeatureCache:
             verify: recompute the payload checksum (one sequential read of the file, about
                 4 GB/s) before trusting it; the header is always checked.
         """
-        if tier not in TIERS:
-            raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
+        tier = _fixed_tier(tier)
         path = _file_paths(cache_dir, name)[0]
         try:
             file = open(path, "rb")
@@ -222,7 +203,7 @@ class FeatureCache:
         storage = cls._view_rows(torch.from_numpy(mapped), header)
         if verify and payload_crc32(storage) != header.payload_crc32:
             raise CacheFormatError(f"{path}: payload checksum mismatch: the file is corrupt; delete it to rebuild")
-        return cls(header, storage, "disk", committed=True)._moved_to(tier)
+        return cls(header, storage, Tier.DISK, committed=True)._moved_to(tier)
 
     @classmethod
     def open_or_build(
@@ -232,7 +213,7 @@ class FeatureCache:
         cache_dir: str | os.PathLike,
         fingerprint: str,
         name: str = "features",
-        tier: str = "disk",
+        tier: str | Tier = "disk",
         lock_timeout: float | None = None,
         **create_options,
     ) -> FeatureCache:
@@ -242,7 +223,7 @@ class FeatureCache:
         When several processes call this at once, one builds and the others wait for its lock,
         then open the file it committed. A stale file (other fingerprint) is rebuilt; a torn or
         corrupt one is reported with a warning and rebuilt. ``create_options`` are those of
-        :meth:`create` (``num_samples``, ``feature_shape``, ``views``, ``dtype``, ``scale``).
+        :meth:`create` (``spec``, or ``num_samples``, ``feature_shape``, ``views``, ``dtype``; ``scale``).
         ``tier`` is where the returned cache lives (the file is always on disk).
         """
         reopened = cls._open_or_warn(cache_dir, fingerprint, name, tier)
@@ -258,7 +239,7 @@ class FeatureCache:
                 lock.release()
                 return reopened
             header = cls._header_from_options(fingerprint, create_options)
-            choose_tier(cls._nbytes_of(header), "disk", cache_dir=cache_dir)
+            Placement(Tier.DISK, cache_dir=cache_dir).check(header.spec.nbytes, Tier.DISK)
             cache = cls._create_on_disk(header, cache_dir, name, lock)
         except BaseException:
             lock.release()
@@ -271,13 +252,14 @@ class FeatureCache:
             raise
         return cache._moved_to(tier)
 
-    def _moved_to(self, tier: str) -> FeatureCache:
+    def _moved_to(self, tier: str | Tier) -> FeatureCache:
         """This committed cache in ``tier``: itself for ``disk``, else an in-memory copy (and
         this one is closed)."""
-        if tier == "disk":
+        tier = _fixed_tier(tier)
+        if tier is Tier.DISK:
             return self
         try:
-            choose_tier(self.nbytes, tier)  # a clear error if it does not fit
+            Placement(tier).check(self.nbytes, tier)  # a clear error if it does not fit
             memory = self._allocate_in_memory(self._header, tier, zero=False)
             memory.copy_(self._storage)
         finally:
@@ -294,30 +276,23 @@ class FeatureCache:
 
     @staticmethod
     def _header_from_options(fingerprint: str, options: dict) -> CacheHeader:
-        unknown = set(options) - {"num_samples", "feature_shape", "views", "dtype", "scale"}
+        unknown = set(options) - {"spec", "num_samples", "feature_shape", "views", "dtype", "scale"}
         if unknown:
             raise TypeError(f"open_or_build got unexpected options {sorted(unknown)}")
-        scale = options.get("scale")
-        return CacheHeader(
-            fingerprint=fingerprint,
-            num_samples=int(options["num_samples"]),
-            views=int(options.get("views", 1)),
-            feature_shape=tuple(int(size) for size in options["feature_shape"]),
-            dtype=_resolve_dtype(options.get("dtype", "fp16")),
-            payload_crc32=0,
-            scale=None if scale is None else scale.detach().to("cpu", torch.float32),
-        )
+        spec = _spec_of(options.get("spec"), options.get("num_samples"), options.get("feature_shape"),
+                        options.get("views", 1), options.get("dtype", "fp16"))
+        return _header(fingerprint, spec, options.get("scale"))
 
     @classmethod
     def _create_on_disk(cls, header: CacheHeader, cache_dir, name: str, lock: _BuildLock) -> FeatureCache:
         disk = _DiskFile.start(cache_dir, name, header, lock)
-        return cls(header, cls._view_rows(disk.payload, header), "disk", committed=False, disk=disk)
+        return cls(header, cls._view_rows(disk.payload, header), Tier.DISK, committed=False, disk=disk)
 
     @staticmethod
-    def _allocate_in_memory(header: CacheHeader, tier: str, zero: bool = True) -> torch.Tensor:
-        shape = (header.num_samples * header.views, header.row_elems)
-        dtype = STORAGE_DTYPES[header.dtype]
-        if tier == "cuda":
+    def _allocate_in_memory(header: CacheHeader, tier: Tier, zero: bool = True) -> torch.Tensor:
+        shape = (header.spec.rows, header.row_elems)
+        dtype = header.spec.torch_dtype
+        if tier is Tier.CUDA:
             storage = torch.empty(shape, dtype=dtype, device="cuda")
         else:
             storage = torch.empty(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
@@ -326,20 +301,19 @@ class FeatureCache:
 
     @staticmethod
     def _view_rows(payload_bytes: torch.Tensor, header: CacheHeader) -> torch.Tensor:
-        return payload_bytes.view(STORAGE_DTYPES[header.dtype]).view(header.num_samples * header.views,
-                                                                     header.row_elems)
-
-    @staticmethod
-    def _nbytes_of(header: CacheHeader) -> int:
-        scale_nbytes = 4 * header.num_channels if header.dtype == "int8" else 0
-        return header.payload_nbytes + scale_nbytes
+        return payload_bytes.view(header.spec.torch_dtype).view(header.spec.rows, header.row_elems)
 
     # ------------------------------------------------------------------ properties
 
     @property
-    def tier(self) -> str:
-        """``"cuda"``, ``"host"`` or ``"disk"``."""
+    def tier(self) -> Tier:
+        """``Tier.CUDA``, ``Tier.HOST`` or ``Tier.DISK`` (equal to ``"cuda"``, ``"host"``, ``"disk"``)."""
         return self._tier
+
+    @property
+    def spec(self) -> CacheSpec:
+        """What the cache holds: samples, feature shape, views and storage dtype."""
+        return self._header.spec
 
     @property
     def dtype(self) -> str:
@@ -365,7 +339,7 @@ class FeatureCache:
     @property
     def nbytes(self) -> int:
         """Bytes of cached data: rows in the storage dtype plus the int8 scale."""
-        return self._nbytes_of(self._header)
+        return self._header.spec.nbytes
 
     @property
     def device(self) -> torch.device:
@@ -383,7 +357,7 @@ class FeatureCache:
 
     def __repr__(self) -> str:
         return (f"FeatureCache(num_samples={self.num_samples}, views={self.views}, "
-                f"feature_shape={self.feature_shape}, dtype={self.dtype!r}, tier={self.tier!r}, "
+                f"feature_shape={self.feature_shape}, dtype={self.dtype!r}, tier={self.tier.value!r}, "
                 f"nbytes={self.nbytes}, committed={self.committed})")
 
     # ------------------------------------------------------------------ data
@@ -464,7 +438,7 @@ class FeatureCache:
         row_batches = [rows[start:start + batch_size] for start in starts]
         index_batches = [order[start:start + batch_size] for start in starts]
         target = torch.device(device) if device is not None else self.device
-        if prefetch > 0 and self._tier != "cuda":
+        if prefetch > 0 and self._tier is not Tier.CUDA:
             gathered = self._prefetched(row_batches, out_dtype, target, prefetch)
         else:  # a device-resident table is gathered in place: nothing to overlap
             gathered = (ops.gather_rows(self._storage, row_ids, self._scale, out_dtype).to(target)
@@ -537,6 +511,37 @@ class FeatureCache:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _spec_of(spec: CacheSpec | None, num_samples: int | None, feature_shape: Sequence[int] | None, views: int,
+             dtype: str | torch.dtype) -> CacheSpec:
+    """``spec``, or the one its fields describe (given one way or the other, not both)."""
+    if spec is not None:
+        if num_samples is not None or feature_shape is not None:
+            raise TypeError("give a spec or num_samples and feature_shape, not both")
+        return spec
+    if num_samples is None or feature_shape is None:
+        raise TypeError("a cache needs a spec, or num_samples and feature_shape")
+    return CacheSpec.of(num_samples, feature_shape, views, dtype)
+
+
+def _header(fingerprint: str, spec: CacheSpec, scale: torch.Tensor | None) -> CacheHeader:
+    """The header a new cache of ``spec`` starts with (its payload checksum is set at commit)."""
+    if scale is not None and spec.dtype != "int8":
+        raise ValueError(f"scale is only for int8 storage, not {spec.dtype}")
+    header = CacheHeader(fingerprint, spec.num_samples, spec.views, spec.feature_shape, spec.dtype, payload_crc32=0,
+                         scale=None if scale is None else scale.detach().to("cpu", torch.float32))
+    if header.scale is not None:
+        encode_header(header)  # validates the scale's shape and values now, not at commit
+    return header
+
+
+def _fixed_tier(tier: str | Tier) -> Tier:
+    """A named tier (``auto`` is for :class:`Placement`, which decides)."""
+    try:
+        return Tier(tier)
+    except ValueError:
+        raise ValueError(f"tier must be one of {[t.value for t in Tier]}, got {tier!r}") from None
 
 
 def _check_range(values: torch.Tensor, limit: int, argument: str, bound_name: str) -> None:

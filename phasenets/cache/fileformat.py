@@ -25,7 +25,6 @@ checksum, is what ties a file to its inputs.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 import zlib
@@ -33,6 +32,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import torch
+
+from phasenets.cache.spec import STORAGE_DTYPES, CacheSpec
 
 __all__ = [
     "MAGIC",
@@ -50,14 +51,6 @@ __all__ = [
 MAGIC = b"PHNCACHE"
 FORMAT_VERSION = 1
 PAGE_SIZE = 4096
-
-# storage dtype name -> torch dtype
-STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "int8": torch.int8,
-}
 
 _PREFIX = struct.Struct("<8sIIII")
 _MAX_META_BYTES = 1 << 16  # a real header's JSON is a few hundred bytes
@@ -92,8 +85,13 @@ class CacheHeader:
     scale: torch.Tensor | None = None  # float32 [channels], int8 storage only
 
     @property
+    def spec(self) -> CacheSpec:
+        """What the payload holds: its shape, view count and storage dtype."""
+        return CacheSpec(self.num_samples, self.feature_shape, self.views, self.dtype)
+
+    @property
     def row_elems(self) -> int:
-        return math.prod(self.feature_shape)
+        return self.spec.row_elems
 
     @property
     def num_channels(self) -> int:
@@ -101,8 +99,7 @@ class CacheHeader:
 
     @property
     def payload_nbytes(self) -> int:
-        itemsize = STORAGE_DTYPES[self.dtype].itemsize
-        return self.num_samples * self.views * self.row_elems * itemsize
+        return self.spec.payload_nbytes
 
     @property
     def payload_offset(self) -> int:

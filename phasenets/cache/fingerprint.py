@@ -2,8 +2,8 @@
 
 A cache is reused only when its fingerprint matches the one the caller computes now, so the digest
 must change whenever any input to the cached features changes: the frozen weights (to the last bit),
-the model and preprocessing configs, the dataset files, the storage dtype, the number of views and
-the file format. Every section is length-prefixed and tagged so that no two different setups can
+the model and preprocessing configs, the dataset files, what the cache holds (its ``CacheSpec``:
+shape, storage dtype, number of views) and the file format version, which the digest takes itself. Every section is length-prefixed and tagged so that no two different setups can
 produce the same byte stream by shifting bytes from one section into the next.
 """
 from __future__ import annotations
@@ -19,6 +19,9 @@ from pathlib import PurePath
 from typing import Any
 
 import torch
+
+from phasenets.cache.fileformat import FORMAT_VERSION
+from phasenets.cache.spec import CacheSpec
 
 __all__ = ["cache_fingerprint", "dataset_manifest", "canonical_json"]
 
@@ -102,9 +105,7 @@ def cache_fingerprint(
     model_config: Any,
     preprocessing_config: Any,
     dataset_manifest: Sequence[ManifestEntry],
-    dtype: str,
-    views: int,
-    format_version: int,
+    spec: CacheSpec,
 ) -> str:
     """Return the hex SHA-256 digest identifying one cache's contents.
 
@@ -117,9 +118,8 @@ def cache_fingerprint(
             the augmented views are drawn from.
         dataset_manifest: ``(path, size, mtime_ns)`` per sample in split order, e.g. from
             :func:`dataset_manifest`. Touching, replacing or reordering a file changes the digest.
-        dtype: the storage dtype name (``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"int8"``).
-        views: the number of cached views per sample.
-        format_version: the cache file format version.
+        spec: what the cache holds (samples, feature shape, views, storage dtype): the same
+            ``CacheSpec`` the cache is created with. The file format version is added here.
     """
     digest = hashlib.sha256()
     _update_section(digest, "phasenets-cache-fingerprint", b"1")
@@ -135,5 +135,5 @@ def cache_fingerprint(
     _update_section(digest, "preprocessing-config", canonical_json(preprocessing_config).encode())
     manifest = [[os.fspath(path), int(size), int(mtime)] for path, size, mtime in dataset_manifest]
     _update_section(digest, "dataset-manifest", canonical_json(manifest).encode())
-    _update_section(digest, "storage", canonical_json([dtype, int(views), int(format_version)]).encode())
+    _update_section(digest, "storage", canonical_json([spec, FORMAT_VERSION]).encode())
     return digest.hexdigest()

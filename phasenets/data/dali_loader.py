@@ -46,7 +46,7 @@ except ImportError as error:
                       "matching your CUDA), or use the torch loader (`--loader torch`)") from error
 
 from phasenets.data.layout import Sample
-from phasenets.data.torch_loader import ShardedBatchSampler
+from phasenets.data.torch_loader import SampledLoader, ShardedBatchSampler
 from phasenets.data.transforms import (AugmentConfig, AugmentParams, ImageTransform, Normalization,
                                        affine_matrix, crop_box, erase_box)
 
@@ -250,7 +250,7 @@ class _Probe:
 # The loader
 # ----------------------------------------------------------------------------------------------
 
-class DaliLoader:
+class DaliLoader(SampledLoader):
     """Iterable of ``(images, labels, indices)`` batches produced by a DALI pipeline.
 
     Build it with :func:`build_dali_loader`. Images are float32 ``[B, C, H, W]``, normalized, on
@@ -270,7 +270,7 @@ class DaliLoader:
         self._normalization = normalization
         self._batch_size, self._num_threads = batch_size, max(1, num_workers)
         # The torch loader's sampler: both loaders give a rank the same samples in the same order.
-        self._sampler = ShardedBatchSampler(len(samples), batch_size, shuffle=shuffle, seed=seed,
+        self.sampler = ShardedBatchSampler(len(samples), batch_size, shuffle=shuffle, seed=seed,
                                             drop_last=drop_last, rank=rank, world_size=world_size)
         self._seed = seed
         self._device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
@@ -307,23 +307,10 @@ class DaliLoader:
         batch slots got a substitute sample."""
         return [reason for _, reason in sorted(self._bad.items())]
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle deterministically for ``epoch``; unless a view is pinned, view = epoch."""
-        self._sampler.epoch = epoch
-
-    def set_view(self, view: int | None) -> None:
-        """Pin augmentation view ``view`` (cache building), or None to follow the epoch."""
-        if view is not None and view < 0:
-            raise ValueError(f"view must be non-negative or None, got {view}")
-        self._sampler.view = view
-
-    def __len__(self) -> int:
-        return len(self._sampler)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if self._active is not None:
             self._active.close()  # an unfinished earlier epoch: drop its prefetched batches
-        self._pending = collections.deque(self._sampler)  # batches of (index, view)
+        self._pending = collections.deque(self.sampler)  # batches of (index, view)
         self._in_flight.clear()
         self._active = self._run()
         return self._active

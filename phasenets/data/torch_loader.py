@@ -93,7 +93,28 @@ class ShardedBatchSampler(Sampler[list[tuple[int, int]]]):
             yield [(index, view) for index in chunk]
 
 
-class TorchImageLoader:
+class SampledLoader:
+    """What both loaders share over their ``ShardedBatchSampler`` (``self.sampler``): the epoch,
+    the pinned augmentation view and the number of batches."""
+
+    sampler: ShardedBatchSampler
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (deterministic in seed and epoch); unless a view is pinned, the
+        augmentation view follows the epoch."""
+        self.sampler.epoch = epoch
+
+    def set_view(self, view: int | None) -> None:
+        """Pin augmentation view ``view`` for every sample (cache building); None: view = epoch again."""
+        if view is not None and view < 0:
+            raise ValueError(f"view must be non-negative or None, got {view}")
+        self.sampler.view = view
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class TorchImageLoader(SampledLoader):
     """Iterable of ``(images, labels, indices)`` with the loader face in docs/internals.md."""
 
     def __init__(self, dataset: ImageDataset, sampler: ShardedBatchSampler, num_workers: int) -> None:
@@ -116,19 +137,6 @@ class TorchImageLoader:
         """What makes the batches, for the trainer's log."""
         workers = self._loader.num_workers
         return f"PIL + DataLoader, {workers} worker process(es)" if workers else "PIL + DataLoader, in this process"
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for ``epoch`` (deterministic in seed and epoch); the view follows the epoch."""
-        self.sampler.epoch = epoch
-
-    def set_view(self, view: int | None) -> None:
-        """Pin augmentation view ``view`` for every sample; None: view = epoch again."""
-        if view is not None and view < 0:
-            raise ValueError(f"view must be non-negative or None, got {view}")
-        self.sampler.view = view
-
-    def __len__(self) -> int:
-        return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if self._loader.num_workers > 0 and not self._workers_forked:

@@ -86,6 +86,7 @@ _PRESETS = {
     "standard": AugmentConfig(hflip=True, rotation=40.0, shift=0.2, shear=0.2, zoom=0.2),
     "crop": AugmentConfig(random_resized_crop=True, hflip=True),
 }
+AUGMENT_PRESETS = tuple(_PRESETS)  # config.py offers these as --augment's choices
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..config import HEADS
-
-HEAD_KINDS = HEADS
+# the auxiliary head kinds `build_aux_head` makes (config.py offers these as --head's choices)
+HEAD_KINDS = ("linear", "mlp", "conv", "pooled_conv")
 MLP_HEAD_HIDDEN = 256  # hidden width of the `mlp` head
 CONV_HEAD_CHANNELS = 128  # channels of the `conv` head's 3x3 convolution
 POOLED_HEAD_GRID = 8  # `pooled_conv`: feature maps larger than this are average-pooled down to it

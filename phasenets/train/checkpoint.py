@@ -1,11 +1,20 @@
-"""Checkpoints: written atomically, read with ``weights_only=True``, carrying the RNG states."""
+"""Checkpoints: a typed :class:`Checkpoint`, written atomically, read with ``weights_only=True``.
+
+A checkpoint file is a ``torch.save`` of a flat dict of tensors and plain values (the format named
+by ``FORMAT``/``VERSION``): :meth:`Checkpoint.to_payload` and :meth:`Checkpoint.from_payload` are
+the only code that knows its keys. ``save_checkpoint``/``load_checkpoint`` move such dicts to and
+from disk (a phase's checkpoints leave the weights the phase never changes to a shared file, which
+``load_checkpoint`` follows); ``Checkpoint.load`` is what the library reads a run's checkpoint with.
+"""
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,8 +22,10 @@ import numpy as np
 import torch
 
 from phasenets._atomic import fsync_directory, temporary_name, write_atomically
+from phasenets.errors import CheckpointError
 
-__all__ = ["CheckpointError", "CheckpointWriter", "SHARED_STATE_KEY", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointWriter", "ModelRecord", "SHARED_STATE_KEY", "save_checkpoint",
+           "load_checkpoint", "capture_rng_state", "restore_rng_state"]
 
 FORMAT = "phasenets-checkpoint"
 VERSION = 1
@@ -24,8 +35,93 @@ VERSION = 1
 SHARED_STATE_KEY = "model_state_shared"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, damaged or not a phasenets checkpoint."""
+# where a phase's epoch loop stood: absent from final.pt
+_PROGRESS_FIELDS = ("rng", "epoch", "early_stopping", "seconds", "optimizer", "scheduler", "scaler")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What rebuilds a checkpoint's network from the registry: ``build_model(name, num_classes,
+    in_channels=, image_size=, head=, **options)``; ``name`` is ``"custom"`` for a network built
+    in Python (``BlockwiseNet.from_modules``), which only its author can rebuild."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    head: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_custom(self) -> bool:
+        return self.name == "custom"
+
+    def build(self):
+        """A fresh network of this architecture (untrained; load the checkpoint's weights into it)."""
+        from phasenets.models import build_model
+
+        if self.is_custom:
+            raise CheckpointError("this checkpoint holds a custom network (BlockwiseNet.from_modules): build it "
+                                  "in Python and load the checkpoint's model_state into it")
+        return build_model(self.name, self.num_classes, in_channels=self.in_channels, image_size=self.image_size,
+                           head=self.head, **self.options)
+
+
+@dataclass
+class Checkpoint:
+    """A trained network and where its run stood.
+
+    Every checkpoint carries the network (``model_state``, ``model``) and what it was trained on
+    (``classes``, the input ``normalization`` as ``{"mean": [...], "std": [...]}``); a run's
+    checkpoints also carry the class hierarchy ``task``, the run's resolved ``config``, the
+    ``phase`` they belong to and the blocks reused frozen from an earlier task. A phase's checkpoints (``phase<k>-best/last.pt``) also hold where the phase's
+    epoch loop stood, for ``--resume``: ``epoch`` (epochs done), ``early_stopping``, ``seconds``,
+    the ``optimizer``/``scheduler``/``scaler`` states, the ``results`` of the phases done and the
+    ``rng`` states; ``final.pt`` leaves those out.
+    """
+
+    model_state: dict[str, torch.Tensor]
+    model: ModelRecord
+    classes: list[str]
+    normalization: dict[str, list[float]]
+    config: dict[str, Any] = field(default_factory=dict)
+    phase: int = 0
+    phase_name: str = ""
+    completed: bool = True
+    task: dict[str, Any] | None = None
+    frozen_blocks: list[int] = field(default_factory=list)
+    rng: dict[str, Any] | None = None
+    epoch: int | None = None
+    early_stopping: dict[str, Any] | None = None
+    seconds: float | None = None
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The dict ``save_checkpoint`` writes (``final.pt`` leaves out the phase-progress fields)."""
+        payload = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        payload["model"] = dataclasses.asdict(self.model)
+        return {key: value for key, value in payload.items() if value is not None or key not in _PROGRESS_FIELDS}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], source: str | Path = "checkpoint") -> Checkpoint:
+        names = {item.name for item in dataclasses.fields(cls)}
+        try:
+            values = {key: value for key, value in payload.items() if key in names}
+            values["model"] = ModelRecord(**values["model"])
+            return cls(**values)
+        except (KeyError, TypeError) as error:
+            raise CheckpointError(f"{source} is not a complete phasenets checkpoint ({error})") from None
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+        """Read a checkpoint file (its shared weights included); see :func:`load_checkpoint`."""
+        return cls.from_payload(load_checkpoint(path, map_location), path)
+
+    def save(self, path: str | Path, copies: Sequence[str | Path] = ()) -> Path:
+        return save_checkpoint(path, self.to_payload(), copies)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any], copies: Sequence[str | Path] = ()) -> Path:

@@ -26,12 +26,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["DEFAULT_TIMEOUT_S", "DistributedContext", "shard"]
+__all__ = ["DEFAULT_TIMEOUT_S", "DEVICES", "DistributedContext", "shard"]
 
 # How long a collective may wait for a rank before every rank fails. Long enough for rank-0-only
 # work between collectives (a dataset preflight); a dead rank is noticed far sooner by torchrun's
 # agent, which stops the others as soon as one process exits with an error.
 DEFAULT_TIMEOUT_S = 600.0
+DEVICES = ("auto", "cpu", "cuda")  # where a run trains; auto takes CUDA when torch sees a GPU
 
 Item = TypeVar("Item")
 

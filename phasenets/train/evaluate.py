@@ -7,31 +7,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from phasenets.train.checkpoint import CheckpointError, load_checkpoint
+from phasenets.errors import CheckpointError
+from phasenets.train.checkpoint import Checkpoint
 from phasenets.train.metrics import MetricTracker, per_class_accuracy
+from phasenets.train.rundir import resolve_checkpoint
 
 __all__ = ["evaluate_checkpoint", "load_trained_model", "score_samples"]
 
 
-def load_trained_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_trained_model(checkpoint: str | Path) -> tuple[nn.Module, Checkpoint]:
     """Rebuild the registered architecture a checkpoint was trained with and load its weights.
 
-    ``checkpoint``: a checkpoint file, or a run directory (its final network). Returns the model
-    (eval mode, on CPU) and the checkpoint payload (classes, normalization, config).
+    ``checkpoint``: a checkpoint file, or a run directory (the network it trained: ``final.pt``,
+    else its latest phase's best). Returns the model (eval mode, on CPU) and the
+    :class:`~phasenets.train.checkpoint.Checkpoint` (classes, normalization, config, ...).
     """
-    from phasenets.models import build_model
-
-    if Path(checkpoint).is_dir():
-        checkpoint = Path(checkpoint) / "checkpoints" / "final.pt"
-    payload = load_checkpoint(checkpoint)
-    record = payload["model"]
-    if record["name"] == "custom":
-        raise CheckpointError(f"{checkpoint} holds a custom network (BlockwiseNet.from_modules): build it in "
-                              "Python and load payload['model_state'] into it")
-    model = build_model(record["name"], record["num_classes"], in_channels=record["in_channels"],
-                        image_size=record["image_size"], head=record["head"], **record["options"])
-    model.load_state_dict(payload["model_state"])
-    return model.eval(), payload
+    path = resolve_checkpoint(checkpoint)
+    loaded = Checkpoint.load(path)
+    try:
+        model = loaded.model.build()
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    model.load_state_dict(loaded.model_state)
+    return model.eval(), loaded
 
 
 @torch.no_grad()
@@ -45,14 +43,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     from phasenets.data import DatasetError
     from phasenets.train.curriculum import task_splits
 
-    model, payload = load_trained_model(checkpoint)
-    data = task_splits(data_dir, payload.get("task"))  # the classes the run trained on (its hierarchy)
-    if data.classes != list(payload["classes"]):
-        raise DatasetError(f"{data_dir} has classes {data.classes}; {checkpoint} was trained on {payload['classes']}")
+    model, trained = load_trained_model(checkpoint)
+    data = task_splits(data_dir, trained.task)  # the classes the run trained on (its hierarchy)
+    if data.classes != list(trained.classes):
+        raise DatasetError(f"{data_dir} has classes {data.classes}; {checkpoint} was trained on {trained.classes}")
     samples = data.split(split)
     if not samples:
         raise DatasetError(f"{data_dir} has no {split} split")
-    tracker = score_samples(model, samples, payload, batch_size=batch_size, loader=loader,
+    tracker = score_samples(model, samples, trained.normalization, batch_size=batch_size, loader=loader,
                             num_workers=num_workers, device=device)
     metrics = tracker.compute()
     confusion = tracker.confusion.cpu()
@@ -64,16 +62,17 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
 
 
 @torch.no_grad()
-def score_samples(model: nn.Module, samples, payload: dict[str, Any], *, batch_size: int, loader: str,
+def score_samples(model: nn.Module, samples, normalization: dict[str, list[float]], *, batch_size: int, loader: str,
                   num_workers: int, device: str) -> MetricTracker:
-    """``model`` (put in eval mode on ``device``) run over ``samples``, read through ``payload``'s
-    normalization; returns the filled tracker (loss, top-1/top-5 and the confusion matrix)."""
+    """``model`` (put in eval mode on ``device``) run over ``samples``, read through
+    ``normalization`` (``{"mean": [...], "std": [...]}``, a checkpoint's); returns the filled
+    tracker (loss, top-1/top-5 and the confusion matrix)."""
     from phasenets.data import Normalization, build_loader
 
     model.to(device).eval()
     batches = build_loader(
         samples, kind=loader, image_size=model.input_shape[-1], in_channels=model.input_shape[0], augment=None,
-        normalization=Normalization(**payload["normalization"]), batch_size=batch_size, shuffle=False, seed=0,
+        normalization=Normalization(**normalization), batch_size=batch_size, shuffle=False, seed=0,
         num_workers=num_workers,
     )
     tracker = MetricTracker(model.num_classes, torch.device(device))

@@ -13,12 +13,13 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
+from phasenets.train.checkpoint import Checkpoint
 from phasenets.train.evaluate import load_trained_model, score_samples
-from phasenets.train.transfer import find_run_checkpoint, parse_blocks
+from phasenets.train.rundir import RunDirectory, resolve_checkpoint
+from phasenets.train.transfer import parse_blocks
 
 __all__ = ["ForgettingRow", "format_forgetting", "forgetting_test"]
 
@@ -59,36 +60,36 @@ def forgetting_test(
     from phasenets.data import DatasetError
     from phasenets.train.curriculum import task_splits
 
-    old_path = _checkpoint(old)
-    old_model, old_payload = load_trained_model(old_path)
-    data = task_splits(data_dir, old_payload.get("task"))  # the old task's classes (its hierarchy)
-    if data.classes != list(old_payload["classes"]):
+    old_path = resolve_checkpoint(old)
+    old_model, old_trained = load_trained_model(old_path)
+    data = task_splits(data_dir, old_trained.task)  # the old task's classes (its hierarchy)
+    if data.classes != list(old_trained.classes):
         raise DatasetError(f"{data_dir} has classes {data.classes}; the old network {old_path} was trained on "
-                           f"{list(old_payload['classes'])}: give the old task's data")
+                           f"{list(old_trained.classes)}: give the old task's data")
     split = split or ("test" if data.test else "validation")
     samples = data.split(split)
     if not samples:
         raise DatasetError(f"{data_dir} has no {split} images")
     chosen = parse_blocks(blocks if blocks is not None else f"1-{old_model.num_blocks - 1}", old_model.num_blocks)
 
-    def evaluate(model: nn.Module, payload: dict[str, Any]) -> tuple[float, float, int]:
-        metrics = score_samples(model, samples, payload, batch_size=batch_size, loader=loader,
+    def evaluate(model: nn.Module, trained: Checkpoint) -> tuple[float, float, int]:
+        metrics = score_samples(model, samples, trained.normalization, batch_size=batch_size, loader=loader,
                                 num_workers=num_workers, device=device).compute()
         return metrics.accuracy, metrics.loss, metrics.count
 
     rows = [ForgettingRow(f"old network ({_run_name(old_path)})", str(old_path), [],
-                          *evaluate(old_model, old_payload))]
+                          *evaluate(old_model, old_trained))]
     for source in [new] if isinstance(new, (str, Path)) else new:
-        new_path = _checkpoint(source)
-        new_model, new_payload = load_trained_model(new_path)
+        new_path = resolve_checkpoint(source)
+        new_model, new_trained = load_trained_model(new_path)
         _check_compatible(old_model, old_path, new_model, new_path)
         composite = copy.deepcopy(old_model)
         for k in chosen:
             composite.blocks[k - 1].load_state_dict(new_model.blocks[k - 1].state_dict())
         label = f"{_run_name(new_path)} blocks {_format_range(chosen)} + old head"
         # block 1 reads the input the way the network it comes from was trained to
-        payload = new_payload if 1 in chosen else old_payload
-        rows.append(ForgettingRow(label, str(new_path), chosen, *evaluate(composite, payload)))
+        input_source = new_trained if 1 in chosen else old_trained
+        rows.append(ForgettingRow(label, str(new_path), chosen, *evaluate(composite, input_source)))
     return rows
 
 
@@ -103,14 +104,10 @@ def format_forgetting(rows: Sequence[ForgettingRow]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _checkpoint(source: str | Path) -> Path:
-    path = Path(source)
-    return find_run_checkpoint(path) if path.is_dir() else path
-
-
 def _run_name(checkpoint: Path) -> str:
     """A run directory's name, or the file's name for a loose checkpoint."""
-    return checkpoint.parent.parent.name if checkpoint.parent.name == "checkpoints" else checkpoint.name
+    return RunDirectory.of_checkpoint(checkpoint).path.name if checkpoint.parent.name == "checkpoints" \
+        else checkpoint.name
 
 
 def _format_range(blocks: list[int]) -> str:

@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
-from phasenets.config import TrainConfig
+if TYPE_CHECKING:
+    from phasenets.config import TrainConfig
 
-__all__ = ["build_optimizer", "build_lr_scheduler", "lr_factor"]
+__all__ = ["DEFAULT_LR", "LR_SCHEDULES", "OPTIMIZERS", "build_optimizer", "build_lr_scheduler", "lr_factor"]
+
+OPTIMIZERS = ("adadelta", "adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "inverse_time", "cosine", "step")
+# Keras' defaults, which the original Keras trainer relied on when no rate was given
+DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3, "adamw": 1e-3, "sgd": 0.01}
 
 
 def build_optimizer(config: TrainConfig, groups: list[tuple[nn.Module, float]]) -> torch.optim.Optimizer:

@@ -1,12 +1,20 @@
 """The phase plan: which blocks each phase trains, which it freezes, and at what learning rates."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from phasenets.config import ConfigError, TrainConfig
-from phasenets.train.transfer import block_lr_multipliers
+from phasenets.errors import ConfigError
 
-__all__ = ["Phase", "build_plan"]
+if TYPE_CHECKING:
+    from phasenets.config import TrainConfig
+
+__all__ = ["SCHEDULES", "Phase", "block_lr_multipliers", "build_plan"]
+
+# phasewise: one block per phase with an auxiliary head, earlier blocks frozen; standard: all blocks
+# in one phase; progressive (ModNet): phase k trains blocks 1..k, older ones at lower rates
+SCHEDULES = ("phasewise", "standard", "progressive")
 
 
 @dataclass(frozen=True)
@@ -73,3 +81,32 @@ def build_plan(config: TrainConfig, num_blocks: int) -> list[Phase]:
     if config.start_phase > len(plan):
         raise ConfigError(f"start_phase={config.start_phase} but the {config.schedule} plan has {len(plan)} phases")
     return plan
+
+
+def block_lr_multipliers(
+    num_blocks: int, spec: str | Sequence[float] | None = None, layer_decay: float | None = None
+) -> list[float]:
+    """One learning-rate factor per block, first to last.
+
+    ``spec``: the factors themselves, ``"0.4,0.65,1"`` or a list, one per block (ModNet trained
+    layer1/2/3 at 0.4, 0.65 and 1 times the rate). ``layer_decay``: block ``k`` of ``n`` trains
+    at ``layer_decay ** (n - k)``, so the last block keeps the full rate and each earlier one a
+    further factor less. Neither: all 1. A factor of 0 leaves a block as it is.
+    """
+    if spec is not None and layer_decay is not None:
+        raise ValueError("give per-block factors or a layer_decay, not both")
+    if layer_decay is not None:
+        if not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1]; got {layer_decay}")
+        return [layer_decay ** (num_blocks - k) for k in range(1, num_blocks + 1)]
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return [1.0] * num_blocks
+    try:
+        factors = [float(part) for part in (spec.split(",") if isinstance(spec, str) else spec)]
+    except ValueError:
+        raise ValueError(f"block learning-rate factors must be numbers like 0.4,0.65,1; got {spec!r}") from None
+    if len(factors) != num_blocks:
+        raise ValueError(f"{len(factors)} block learning-rate factors for {num_blocks} blocks: give one per block")
+    if any(factor < 0 for factor in factors):
+        raise ValueError(f"block learning-rate factors must be >= 0; got {factors}")
+    return factors

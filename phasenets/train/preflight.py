@@ -18,9 +18,10 @@ from pathlib import Path
 from phasenets.data.check import CheckReport, Problem, check_dataset, filter_bad
 from phasenets.data.layout import DatasetError, DatasetSplits
 
-__all__ = ["REPORT_FILE", "apply_report", "check_images"]
+__all__ = ["BAD_IMAGE_ACTIONS", "REPORT_FILE", "apply_report", "check_images"]
 
 REPORT_FILE = "preflight.json"
+BAD_IMAGE_ACTIONS = ("error", "skip")  # what apply_report does with unreadable images
 
 log = logging.getLogger("phasenets")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from phasenets.train.metrics import SplitMetrics
+from phasenets.train.rundir import RunDirectory
 
 __all__ = ["CSV_FIELDS", "RunLog", "read_metrics", "truncate_metrics", "plot_history"]
 
@@ -23,9 +24,9 @@ class RunLog:
     Only rank 0 makes one; the CSV is flushed after every row so a killed run keeps its history.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: RunDirectory, tensorboard: bool = True):
         self.run_dir = run_dir
-        self.csv_path = run_dir / "metrics.csv"
+        self.csv_path = run_dir.metrics_file
         self._opened = time.perf_counter()
         self._rows = 0  # rows logged by this process
         self._rows_plotted: int | None = None  # how many of them the plots on disk show
@@ -37,7 +38,7 @@ class RunLog:
         if new_file:
             self._writer.writeheader()
             self._file.flush()
-        self._tensorboard = _open_tensorboard(run_dir / "tensorboard") if tensorboard else None
+        self._tensorboard = _open_tensorboard(run_dir.tensorboard_dir) if tensorboard else None
 
     def log(self, phase: int, epoch: int, split: str, metrics: SplitMetrics, lr: float, seconds: float,
             step: int) -> None:
@@ -68,7 +69,7 @@ class RunLog:
         if not final and self._plot_seconds + self._last_plot_seconds > PLOT_TIME_SHARE * elapsed:
             return
         started = time.perf_counter()
-        plot_history(self.csv_path, self.run_dir, phase_names)
+        plot_history(self.run_dir, phase_names)
         self._last_plot_seconds = time.perf_counter() - started
         self._plot_seconds += self._last_plot_seconds
         self._rows_plotted = self._rows
@@ -105,7 +106,7 @@ def truncate_metrics(csv_path: Path, keep: Callable[[dict[str, str]], bool]) -> 
     tmp.replace(csv_path)
 
 
-def plot_history(csv_path: str | Path, out_dir: str | Path, phase_names: dict[int, str]) -> list[Path]:
+def plot_history(run_dir: RunDirectory, phase_names: dict[int, str]) -> list[Path]:
     """``accuracy.png`` and ``loss.png``: every epoch of every phase on one axis, phases marked.
 
     Train and validation are lines; a phase's test evaluation is a marker at the phase's end.
@@ -115,7 +116,7 @@ def plot_history(csv_path: str | Path, out_dir: str | Path, phase_names: dict[in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(csv_path)
+    rows = read_metrics(run_dir.metrics_file)
     last_epoch: dict[int, int] = {}
     for row in rows:
         phase = int(row["phase"])
@@ -148,7 +149,7 @@ def plot_history(csv_path: str | Path, out_dir: str | Path, phase_names: dict[in
         axes.legend(loc="best")
         axes.grid(alpha=0.3)
         figure.tight_layout()
-        path = Path(out_dir) / f"{metric}.png"
+        path = run_dir.plot_file(metric)
         figure.savefig(path, dpi=100)
         plt.close(figure)
         paths.append(path)

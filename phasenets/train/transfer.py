@@ -4,9 +4,8 @@
 earlier run (its run directory, one of its checkpoints) or of a weights file the user has
 (torchvision/timm/phasenets state dicts, see `phasenets.models.pretrained`) into ``model``, and
 freezes them or not. Auxiliary heads are never copied: they classify the earlier task's classes.
-``block_lr_multipliers`` turns ModNet's per-layer rates (``"0.4,0.65,1"``) or a layer-wise decay
-factor into one learning-rate factor per block, so reused blocks can train slowly instead of
-being frozen.
+Per-block learning rates (ModNet's ``"0.4,0.65,1"``, so that reused blocks can train slowly
+instead of being frozen) are part of the phase plan: ``phasenets.train.plan.block_lr_multipliers``.
 """
 from __future__ import annotations
 
@@ -21,8 +20,9 @@ import torch
 from phasenets.models.blockwise import BlockwiseNet
 from phasenets.models.pretrained import LoadReport, load_pretrained, read_weights
 from phasenets.train.checkpoint import CheckpointError, load_checkpoint
+from phasenets.train.rundir import resolve_checkpoint
 
-__all__ = ["TransferReport", "block_lr_multipliers", "find_run_checkpoint", "init_from", "parse_blocks"]
+__all__ = ["TransferReport", "init_from", "parse_blocks"]
 
 _BLOCK_SPEC = re.compile(r"\d+(-\d+)?")
 
@@ -77,20 +77,6 @@ def parse_blocks(spec: str | int | Iterable[int] | None, num_blocks: int) -> lis
     return sorted(set(numbers))
 
 
-def find_run_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint holding a run's trained network: ``final.pt``, else its latest phase's best."""
-    run_dir = Path(run_dir)
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        raise CheckpointError(f"{run_dir} has no checkpoints/ folder; is it a phasenets run directory?")
-    if (folder / "final.pt").is_file():
-        return folder / "final.pt"
-    best = sorted(folder.glob("phase*-best.pt"), key=lambda path: int(re.sub(r"\D", "", path.name.split("-")[0])))
-    if not best:
-        raise CheckpointError(f"{folder} holds neither final.pt nor any phase<k>-best.pt: the run trained nothing yet")
-    return best[-1]
-
-
 def init_from(
     model: BlockwiseNet,
     source: str | Path,
@@ -110,9 +96,7 @@ def init_from(
             the state dict: a trainer that reloads ``model`` must freeze them again.
         strict: every key of the copied blocks must load (see `load_pretrained`).
     """
-    path = Path(source)
-    if path.is_dir():
-        path = find_run_checkpoint(path)
+    path = resolve_checkpoint(source)
     blocks = parse_blocks(reuse_blocks, model.num_blocks)
     state_dict, payload = _read_source(path)
     weights = load_pretrained(model, state_dict, blocks=blocks, strict=strict)
@@ -141,35 +125,6 @@ def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         else:
             return payload.pop("model_state"), payload
     return read_weights(path), {}
-
-
-def block_lr_multipliers(
-    num_blocks: int, spec: str | Sequence[float] | None = None, layer_decay: float | None = None
-) -> list[float]:
-    """One learning-rate factor per block, first to last.
-
-    ``spec``: the factors themselves, ``"0.4,0.65,1"`` or a list, one per block (ModNet trained
-    layer1/2/3 at 0.4, 0.65 and 1 times the rate). ``layer_decay``: block ``k`` of ``n`` trains
-    at ``layer_decay ** (n - k)``, so the last block keeps the full rate and each earlier one a
-    further factor less. Neither: all 1. A factor of 0 leaves a block as it is.
-    """
-    if spec is not None and layer_decay is not None:
-        raise ValueError("give per-block factors or a layer_decay, not both")
-    if layer_decay is not None:
-        if not 0 < layer_decay <= 1:
-            raise ValueError(f"layer_decay must be in (0, 1]; got {layer_decay}")
-        return [layer_decay ** (num_blocks - k) for k in range(1, num_blocks + 1)]
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
-        return [1.0] * num_blocks
-    try:
-        factors = [float(part) for part in (spec.split(",") if isinstance(spec, str) else spec)]
-    except ValueError:
-        raise ValueError(f"block learning-rate factors must be numbers like 0.4,0.65,1; got {spec!r}") from None
-    if len(factors) != num_blocks:
-        raise ValueError(f"{len(factors)} block learning-rate factors for {num_blocks} blocks: give one per block")
-    if any(factor < 0 for factor in factors):
-        raise ValueError(f"block learning-rate factors must be >= 0; got {factors}")
-    return factors
 
 
 def _format_blocks(blocks: Sequence[int]) -> str:

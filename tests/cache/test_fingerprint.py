@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from phasenets.cache import fingerprint as fingerprint_module
 from phasenets.cache.fingerprint import cache_fingerprint, canonical_json, dataset_manifest
+from phasenets.cache.spec import CacheSpec
 
 
 @dataclasses.dataclass
@@ -30,9 +32,7 @@ def setup(tmp_path):
         model_config={"name": "alexnet", "num_classes": 10, "width": 1.0},
         preprocessing_config=Transform(),
         dataset_manifest=dataset_manifest(images),
-        dtype="fp16",
-        views=2,
-        format_version=1,
+        spec=CacheSpec(3, (4, 6, 6), views=2, dtype="fp16"),
     ), images
 
 
@@ -68,9 +68,10 @@ def touch(images):
         pytest.param(lambda f, imgs: {"preprocessing_config": Transform(crop_scale=(0.08, 0.9999999))},
                      id="transform-float-changed"),
         pytest.param(lambda f, imgs: {"model_config": {**f["model_config"], "width": 1.0000001}}, id="model-config"),
-        pytest.param(lambda f, imgs: {"dtype": "bf16"}, id="dtype-changed"),
-        pytest.param(lambda f, imgs: {"views": 3}, id="views-changed"),
-        pytest.param(lambda f, imgs: {"format_version": 2}, id="format-version"),
+        pytest.param(lambda f, imgs: {"spec": dataclasses.replace(f["spec"], dtype="bf16")}, id="dtype-changed"),
+        pytest.param(lambda f, imgs: {"spec": dataclasses.replace(f["spec"], views=3)}, id="views-changed"),
+        pytest.param(lambda f, imgs: {"spec": dataclasses.replace(f["spec"], feature_shape=(4, 36))},
+                     id="feature-shape-changed"),
         pytest.param(
             lambda f, imgs: {"frozen_state_dicts": [{k: v.to(torch.float64) if v.is_floating_point() else v
                                                      for k, v in f["frozen_state_dicts"][0].items()}]},
@@ -83,6 +84,13 @@ def test_any_change_gives_a_different_fingerprint(setup, change):
     fields, images = setup
     before = cache_fingerprint(**fields)
     assert cache_fingerprint(**{**fields, **change(fields, images)}) != before
+
+
+def test_the_file_format_version_is_part_of_the_fingerprint(setup, monkeypatch):
+    fields, _ = setup
+    before = cache_fingerprint(**fields)
+    monkeypatch.setattr(fingerprint_module, "FORMAT_VERSION", fingerprint_module.FORMAT_VERSION + 1)
+    assert cache_fingerprint(**fields) != before
 
 
 def test_file_content_rewrite_with_same_size_changes_the_manifest(setup):

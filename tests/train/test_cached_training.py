@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from phasenets.cache import CachedFeatures, default_cache_views
 from phasenets.config import ConfigError
 from phasenets.models import BlockwiseNet
-from phasenets.train import PhaseTrainer
+from phasenets.train import prepare_run, run_phases
 from phasenets.train.checkpoint import load_checkpoint, save_checkpoint
-from phasenets.train.feature_levels import CachedFeatureSource, default_cache_views
 from phasenets.train.sources import FrozenPrefixSource
 
 from conftest import CLASSES, IMAGE_SIZE, tiny_config
@@ -32,8 +32,9 @@ def dropout_free_net() -> BlockwiseNet:
 
 
 def _fit(data, output, **options):
-    trainer = PhaseTrainer(tiny_config(data, output, patience=0, **options), model=dropout_free_net())
-    return trainer, trainer.fit()
+    """Train the tiny net; returns the run's setup (its inputs, plan and model stay usable) and result."""
+    with prepare_run(tiny_config(data, output, patience=0, **options), model=dropout_free_net()) as setup:
+        return setup, run_phases(setup)
 
 
 def _losses(result) -> list[float]:
@@ -48,8 +49,8 @@ def recomputed(tiny_data, tmp_path_factory):
 def test_fp32_cache_trains_like_recomputing(tiny_data, tmp_path, recomputed):
     # Same samples, same order, same batches, same features: only float rounding could differ (a
     # conv kernel may pick another algorithm for another batch make-up). On CPU it is bitwise.
-    trainer, cached = _fit(tiny_data, tmp_path / "host", cache="host", cache_dtype="fp32")
-    assert trainer.feature_levels.builds == 2 * 2  # levels 1 and 2 of train and validation (test unused)
+    _, cached = _fit(tiny_data, tmp_path / "host", cache="host", cache_dtype="fp32")
+    assert cached.cache.builds == 2 * 2  # levels 1 and 2 of train and validation (test unused)
     assert _losses(cached) == pytest.approx(_losses(recomputed[1]), rel=1e-6)
     reference = recomputed[1].model.state_dict()
     for name, value in cached.model.state_dict().items():
@@ -60,27 +61,27 @@ def test_fp16_cache_matches_within_fp16_rounding(tiny_data, tmp_path):
     # Training amplifies any difference step by step, so the comparison is on what the phases
     # read: level 1 is the recomputed block 1 rounded to 11 significant bits, and level 2 is
     # block 2 over the stored level 1, rounded again (levels are built one block at a time).
-    trainer, _ = _fit(tiny_data, tmp_path / "fp16", cache="host", cache_dtype="fp16", max_epochs=1)
-    levels, model = trainer.feature_levels, trainer.model
-    source = levels.source("validation", trainer.plan[1])
-    assert isinstance(source, CachedFeatureSource) and source.cache.dtype == "fp16"
-    exact = FrozenPrefixSource(trainer.loaders["validation"], model, 1, torch.device("cpu"))
+    setup, _ = _fit(tiny_data, tmp_path / "fp16", cache="host", cache_dtype="fp16", max_epochs=1)
+    inputs, model = setup.inputs, setup.model
+    source = inputs.source("validation", setup.plan[1])
+    assert isinstance(source, CachedFeatures) and source.cache.dtype == "fp16"
+    exact = FrozenPrefixSource(inputs.loaders["validation"], model, 1, torch.device("cpu"))
     level1 = {}
     for (features, labels, indices), (expected, expected_labels, expected_indices) in zip(source, exact):
         assert torch.equal(indices, expected_indices) and torch.equal(labels, expected_labels)
         torch.testing.assert_close(features, expected, rtol=2**-10, atol=1e-6)
         level1.update(zip(indices.tolist(), features))
     with torch.no_grad():
-        for features, _, indices in levels.source("validation", trainer.plan[2]):
+        for features, _, indices in inputs.source("validation", setup.plan[2]):
             expected = model.blocks[1](torch.stack([level1[index] for index in indices.tolist()]))
             torch.testing.assert_close(features, expected, rtol=2**-10, atol=1e-6)
-    levels.close()
+    inputs.close()
 
 
 def test_resume_reuses_the_disk_cache_and_a_changed_weight_rebuilds(tiny_data, tmp_path):
     run = tmp_path / "run"
-    first, _ = _fit(tiny_data, run, cache="disk")
-    assert first.feature_levels.builds == 4 and sorted(p.name for p in (run / "cache").glob("*.pncache")) == [
+    _, first = _fit(tiny_data, run, cache="disk")
+    assert first.cache.builds == 4 and sorted(p.name for p in (run / "cache").glob("*.pncache")) == [
         f"level{level}-{split}.pncache" for level in (1, 2) for split in ("train", "validation")]
 
     # forget phase 3: resuming starts it again and needs level 2, which is on disk
@@ -88,8 +89,8 @@ def test_resume_reuses_the_disk_cache_and_a_changed_weight_rebuilds(tiny_data, t
     shutil.copytree(run, resumable)
     for path in (resumable / "checkpoints").glob("phase3-*.pt"):
         path.unlink()
-    resumed, _ = _fit(tiny_data, resumable, cache="disk", resume=str(resumable))
-    assert (resumed.feature_levels.builds, resumed.feature_levels.reuses) == (0, 2)
+    _, resumed = _fit(tiny_data, resumable, cache="disk", resume=str(resumable))
+    assert (resumed.cache.builds, resumed.cache.reuses) == (0, 2)
 
     # one ulp more in one frozen weight of block 1: every level-1 and level-2 cache is stale, and
     # level 2 is built from a new level 1, as the uninterrupted run built it
@@ -100,36 +101,35 @@ def test_resume_reuses_the_disk_cache_and_a_changed_weight_rebuilds(tiny_data, t
     save_checkpoint(checkpoint_path, checkpoint)
     for path in (resumable / "checkpoints").glob("phase3-*.pt"):
         path.unlink()
-    changed, _ = _fit(tiny_data, resumable, cache="disk", resume=str(resumable))
-    assert (changed.feature_levels.builds, changed.feature_levels.reuses) == (4, 0)
+    _, changed = _fit(tiny_data, resumable, cache="disk", resume=str(resumable))
+    assert (changed.cache.builds, changed.cache.reuses) == (4, 0)
 
 
 def test_auto_stays_off_without_a_frozen_prefix(tiny_data, tmp_path):
-    trainer, _ = _fit(tiny_data, tmp_path / "standard", schedule="standard", max_epochs=1)
-    assert not trainer.feature_levels.enabled and trainer.feature_levels.builds == 0
+    _, result = _fit(tiny_data, tmp_path / "standard", schedule="standard", max_epochs=1)
+    assert not result.cache.enabled and result.cache.builds == 0
     with pytest.raises(ConfigError, match="no phase has a frozen prefix"):
         _fit(tiny_data, tmp_path / "forced", schedule="progressive", cache="host", max_epochs=1)
 
 
 def test_auto_caches_a_phasewise_run(tiny_data, tmp_path):
-    trainer, _ = _fit(tiny_data, tmp_path / "auto", max_epochs=1)
-    assert trainer.feature_levels.enabled and trainer.feature_levels.builds == 4
+    _, result = _fit(tiny_data, tmp_path / "auto", max_epochs=1)
+    assert result.cache.enabled and result.cache.builds == 4
     assert not (tmp_path / "auto" / "cache").exists()  # small enough for RAM: no file written
-    assert trainer.feature_levels.wait_fraction("phase 2") is not None
+    assert set(result.cache.wait_fractions) == {"phase 2", "phase 3"}
 
 
 def test_augmented_views_are_the_loader_views(tiny_data, tmp_path):
-    trainer, _ = _fit(tiny_data, tmp_path / "views", cache="host", cache_dtype="fp32", augment="light",
-                      cache_views=3, max_epochs=1)
-    levels, phase = trainer.feature_levels, trainer.plan[1]
-    source = levels.source("train", phase)
-    assert source.cache.views == 3 and len(source) == len(trainer.loaders["train"])
-    loader = trainer._loader("train", every_sample=True)
+    setup, _ = _fit(tiny_data, tmp_path / "views", cache="host", cache_dtype="fp32", augment="light",
+                    cache_views=3, max_epochs=1)
+    source = setup.inputs.source("train", setup.plan[1])
+    assert source.cache.views == 3 and len(source) == len(setup.inputs.loaders["train"])
+    loader = setup.inputs.levels.feeds["train"].make_loader()
     for view in range(3):
         loader.set_view(view)
         images, _, indices = next(iter(loader))
         with torch.no_grad():
-            expected = trainer.model.blocks[0](images)
+            expected = setup.model.blocks[0](images)
         torch.testing.assert_close(source.cache.read(indices, views=view), expected, rtol=1e-5, atol=1e-6)
     # each epoch draws one view per sample, reproducibly, and over epochs every view gets drawn
     draws = []
@@ -139,7 +139,7 @@ def test_augmented_views_are_the_loader_views(tiny_data, tmp_path):
     source.set_epoch(0)
     assert torch.equal(source.epoch_views(), draws[0])
     assert set(torch.cat(draws).tolist()) == {0, 1, 2}
-    levels.close()
+    setup.inputs.close()
 
 
 def test_default_views():

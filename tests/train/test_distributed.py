@@ -63,9 +63,9 @@ def _worker(spec: dict) -> None:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from phasenets.config import TrainConfig
+    from phasenets.cache.levels import FeatureLevels
     from phasenets.train import PhaseTrainer
-    from phasenets.train import trainer as trainer_module
-    from phasenets.train.feature_levels import FeatureLevels
+    from phasenets.train import recorder as recorder_module
 
     rank = int(os.environ["RANK"])
     record_dir = Path(spec["record_dir"])
@@ -90,20 +90,19 @@ def _worker(spec: dict) -> None:
     register_optimizer_step_post_hook(count_step)
     if failure is not None and failure["rank"] == rank and failure["how"] == "raise in a cache build":
         FeatureLevels._fill = failing_build
-    save_checkpoint = trainer_module.save_checkpoint
+    save_checkpoint = recorder_module.save_checkpoint
 
     def recording_save(path, payload, copies=()):
         saves.extend(Path(name).name for name in (path, *copies))
         return save_checkpoint(path, payload, copies)
 
-    trainer_module.save_checkpoint = recording_save
+    recorder_module.save_checkpoint = recording_save
     config = TrainConfig(**spec["config"])
     torch.manual_seed(0)
     trainer = PhaseTrainer(config, model=tiny_ddp_net(spec.get("dropout", 0.0)))
     result = trainer.fit()
-    levels = trainer.feature_levels
     record = {"saves": saves, "steps": steps[0], "final": result.final,
-              "cache": {"enabled": levels.enabled, "builds": levels.builds, "reuses": levels.reuses}}
+              "cache": {"enabled": result.cache.enabled, "builds": result.cache.builds, "reuses": result.cache.reuses}}
     (record_dir / f"rank{rank}.json").write_text(json.dumps(record))
     torch.save(result.model.state_dict(), record_dir / f"weights-rank{rank}.pt")
 
@@ -326,10 +325,9 @@ def test_ranks_keep_their_own_disk_caches_and_only_the_same_ranks_reuse_them(odd
                          torch.load(tmp_path / "first" / "weights-rank0.pt", weights_only=True))
 
     torch.manual_seed(0)
-    trainer = PhaseTrainer(TrainConfig(**job_config(odd_data, tmp_path / "one", cache="disk", cache_dir=str(shared))),
-                           model=tiny_ddp_net())
-    trainer.fit()
-    assert (trainer.feature_levels.builds, trainer.feature_levels.reuses) == (4, 0)
+    result = PhaseTrainer(TrainConfig(**job_config(odd_data, tmp_path / "one", cache="disk", cache_dir=str(shared))),
+                          model=tiny_ddp_net()).fit()
+    assert (result.cache.builds, result.cache.reuses) == (4, 0)
     assert len(list(shared.glob("*.pncache"))) == 8 + 4
 
 

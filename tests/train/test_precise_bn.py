@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from phasenets.models import BlockwiseNet
-from phasenets.train import PhaseTrainer
+from phasenets.train import prepare_run, run_phases
 from phasenets.train.batch_norm import reestimate_batch_norm
 from phasenets.train.checkpoint import load_checkpoint
 
@@ -35,15 +35,15 @@ def bn_net(batch_norm: bool = True) -> BlockwiseNet:
 def _fit(data, output, batch_norm=True, **options):
     # fp32 cache: phase 2 then reads exactly what block 1 computes, so the statistics can be checked exactly
     config = tiny_config(data, output, **{"patience": 0, "cache": "host", "cache_dtype": "fp32", **options})
-    trainer = PhaseTrainer(config, model=bn_net(batch_norm))
-    return trainer, trainer.fit()
+    with prepare_run(config, model=bn_net(batch_norm)) as setup:
+        return setup, run_phases(setup)
 
 
-def _batch_norm_inputs(trainer, block: int) -> torch.Tensor:
+def _batch_norm_inputs(setup, block: int) -> torch.Tensor:
     """What block ``block``'s batch norm sees over the whole training set: the frozen blocks before
     it in eval mode, then its conv."""
-    model = trainer.model.eval()
-    images = torch.cat([images for images, _, _ in trainer.loaders["train"]])
+    model = setup.model.eval()
+    images = torch.cat([images for images, _, _ in setup.inputs.loaders["train"]])
     assert len(images) == 36  # every training image (12 per class), none dropped
     with torch.no_grad():
         return model.blocks[block - 1][0](model.features(images, upto=block - 1))
@@ -56,10 +56,10 @@ def _assert_statistics_of(layer: nn.BatchNorm2d, inputs: torch.Tensor) -> None:
 
 def test_frozen_blocks_hold_the_statistics_of_their_whole_training_inputs(tiny_data, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="phasenets"):
-        trainer, result = _fit(tiny_data, tmp_path / "run", precise_bn=True)
-    model = trainer.model
+        setup, result = _fit(tiny_data, tmp_path / "run", precise_bn=True)
+    model = setup.model
     for block in (1, 2):  # block 2 from the level-1 cache
-        _assert_statistics_of(model.blocks[block - 1][1], _batch_norm_inputs(trainer, block))
+        _assert_statistics_of(model.blocks[block - 1][1], _batch_norm_inputs(setup, block))
         assert f"phase {block}: batch-norm statistics re-estimated over 36 images" in caplog.text
     assert "phase 3: batch-norm" not in caplog.text  # no batch norm in block 3: no extra pass
 
@@ -71,7 +71,7 @@ def test_frozen_blocks_hold_the_statistics_of_their_whole_training_inputs(tiny_d
             assert torch.equal(saved[name], state[name])
     correct = total = 0
     with torch.no_grad():
-        for images, labels, _ in trainer.loaders["validation"]:
+        for images, labels, _ in setup.inputs.loaders["validation"]:
             logits = model.phase_forward(model.features(images, upto=1), 2)
             correct, total = correct + (logits.argmax(1) == labels).sum().item(), total + len(labels)
     assert result.phases[1].validation["accuracy"] == pytest.approx(correct / total)
@@ -79,10 +79,10 @@ def test_frozen_blocks_hold_the_statistics_of_their_whole_training_inputs(tiny_d
 
 def test_standard_training_is_re_estimated_at_its_end(tiny_data, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="phasenets"):
-        trainer, _ = _fit(tiny_data, tmp_path / "run", schedule="standard", cache="auto", precise_bn=True)
+        setup, _ = _fit(tiny_data, tmp_path / "run", schedule="standard", cache="auto", precise_bn=True)
     assert "standard: batch-norm statistics re-estimated over 36 images" in caplog.text
     # block 1's inputs are images (block 2's depend on block 1 normalizing by its batches)
-    _assert_statistics_of(trainer.model.blocks[0][1], _batch_norm_inputs(trainer, 1))
+    _assert_statistics_of(setup.model.blocks[0][1], _batch_norm_inputs(setup, 1))
 
 
 def test_without_batch_norm_the_flag_changes_nothing(tiny_data, tmp_path, caplog):
@@ -110,8 +110,8 @@ def test_a_resumed_run_reuses_the_caches_built_from_the_new_statistics(tiny_data
         path.unlink()
     # phase 3 starts again from phase 2's closing checkpoint: its block 2 must be the one level 2 was
     # built from, or the fingerprint (frozen weights and buffers) would force a rebuild
-    resumed, again = _fit(tiny_data, resumable, precise_bn=True, cache="disk", resume=str(resumable))
-    assert resumed.feature_levels.builds == 0 and resumed.feature_levels.reuses > 0
+    _, again = _fit(tiny_data, resumable, precise_bn=True, cache="disk", resume=str(resumable))
+    assert again.cache.builds == 0 and again.cache.reuses > 0
     expected = first.model.state_dict()
     for name, value in again.model.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0)

@@ -9,7 +9,7 @@ import pytest
 from phasenets.data import DatasetError
 from phasenets.data.check import CheckReport, Problem
 from phasenets.data.layout import scan_dataset
-from phasenets.train import PhaseTrainer
+from phasenets.train import PhaseTrainer, prepare_run, run_phases
 from phasenets.train import preflight
 from phasenets.train.preflight import REPORT_FILE, apply_report, check_images
 
@@ -39,11 +39,11 @@ def test_bad_images_stop_the_run_before_it_starts(broken_data, tmp_path):
 
 
 def test_skip_leaves_bad_images_out(broken_data, tmp_path, caplog):
-    trainer = PhaseTrainer(tiny_config(broken_data, tmp_path / "run", on_bad_image="skip", **FAST), model=tiny_net())
-    with caplog.at_level(logging.INFO, logger="phasenets"):
-        trainer.fit()
-    assert len(trainer.data.train) == 3 * 6  # the two bad files are not among the 18 good ones
-    assert all(os.path.getsize(sample.path) > 60 for sample in trainer.data.train)
+    config = tiny_config(broken_data, tmp_path / "run", on_bad_image="skip", **FAST)
+    with caplog.at_level(logging.INFO, logger="phasenets"), prepare_run(config, model=tiny_net()) as setup:
+        run_phases(setup)
+    assert len(setup.data.train) == 3 * 6  # the two bad files are not among the 18 good ones
+    assert all(os.path.getsize(sample.path) > 60 for sample in setup.data.train)
     assert "leaving out 2 unreadable image(s)" in caplog.text
     assert (tmp_path / "run" / REPORT_FILE).is_file()
 

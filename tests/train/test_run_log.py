@@ -6,6 +6,7 @@ import pytest
 from phasenets.train import run_log
 from phasenets.train.metrics import SplitMetrics
 from phasenets.train.run_log import RunLog
+from phasenets.train.rundir import RunDirectory
 
 
 @pytest.fixture
@@ -14,7 +15,7 @@ def clock_and_drawings(monkeypatch):
     now = [1000.0]
     drawings = []
 
-    def draw(csv_path, out_dir, phase_names):
+    def draw(run_dir, phase_names):
         drawings.append(now[0])
         now[0] += 1.0
 
@@ -29,7 +30,7 @@ def _log_epoch(log: RunLog, phase: int) -> None:
 
 def test_phase_end_plots_wait_until_they_cost_under_five_percent(tmp_path, clock_and_drawings):
     now, drawings = clock_and_drawings
-    log = RunLog(tmp_path, tensorboard=False)
+    log = RunLog(RunDirectory(tmp_path), tensorboard=False)
     _log_epoch(log, 1)
     now[0] += 5.0  # a 5 s phase: a 0.5 s drawing would be 10 % of the run
     log.refresh_plots({1: "phase 1"})

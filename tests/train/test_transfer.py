@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from phasenets.models import build_model
-from phasenets.train.checkpoint import CheckpointError, load_checkpoint
-from phasenets.train.transfer import block_lr_multipliers, find_run_checkpoint, init_from, parse_blocks
+from phasenets.train.checkpoint import load_checkpoint
+from phasenets.train.plan import block_lr_multipliers
+from phasenets.train.rundir import resolve_checkpoint
+from phasenets.train.transfer import init_from, parse_blocks
 
 from conftest import tiny_config
 
@@ -56,7 +58,7 @@ def test_reuse_every_block_with_other_classes(lenet_run):
 
 def test_reuse_from_a_weights_file(lenet_run, tmp_path):
     safetensors = pytest.importorskip("safetensors.torch")
-    trained = load_checkpoint(find_run_checkpoint(lenet_run))["model_state"]
+    trained = load_checkpoint(resolve_checkpoint(lenet_run))["model_state"]
     path = tmp_path / "lenet.safetensors"
     safetensors.save_file({key: value.contiguous() for key, value in trained.items()}, str(path))
     model = build_model("lenet5", 3, image_size=16)
@@ -69,17 +71,6 @@ def test_nothing_to_reuse_in_the_chosen_blocks(lenet_run):
     model = build_model("resnet_cifar", 3, in_channels=1, image_size=16)
     with pytest.raises(ValueError, match="none of the .* phasenets weights fit resnet_cifar"):
         init_from(model, lenet_run, reuse_blocks="1")
-
-
-def test_run_checkpoint_lookup(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoints/ folder"):
-        find_run_checkpoint(tmp_path)
-    (tmp_path / "checkpoints").mkdir()
-    with pytest.raises(CheckpointError, match="neither final.pt nor any phase<k>-best.pt"):
-        find_run_checkpoint(tmp_path)
-    for name in ("phase2-best.pt", "phase10-best.pt", "phase3-last.pt"):
-        (tmp_path / "checkpoints" / name).touch()
-    assert find_run_checkpoint(tmp_path).name == "phase10-best.pt"
 
 
 @pytest.mark.parametrize("spec,expected", [

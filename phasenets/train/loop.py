@@ -1,0 +1,332 @@
+"""The phase loop: functions over a ``RunSetup``, read top to bottom.
+
+``run_phases`` trains every phase of the plan that is not done yet and then ``finish``es the run.
+A phase (``train_phase``) freezes all but its blocks, builds a fresh optimizer and schedule for
+them and their head, then trains and validates epoch by epoch with early stopping, checkpointing
+after every epoch; at the end it puts back its best-validation weights, which later phases build
+on. Its inputs come from ``setup.inputs`` (a level cache or the recomputed frozen prefix).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from phasenets.train.batch_norm import reestimate_batch_norm
+from phasenets.train.checkpoint import Checkpoint, restore_rng_state
+from phasenets.train.early_stopping import EarlyStopping
+from phasenets.train.metrics import MetricTracker, SplitMetrics, per_class_accuracy
+from phasenets.train.optim import build_lr_scheduler, build_optimizer
+from phasenets.train.plan import Phase
+from phasenets.train.results import PhaseResult, TrainResult
+from phasenets.train.setup import RunSetup
+
+__all__ = ["PhaseStage", "PhaseState", "evaluate", "run_phases", "train_phase"]
+
+
+class PhaseStage(nn.Module):
+    """The trainable part of a phase: blocks ``first..last`` of the network, then the head of ``last``.
+
+    It holds the network's own modules (no copies), so training it trains the network.
+    """
+
+    def __init__(self, model: nn.Module, phase: Phase):
+        super().__init__()
+        self.blocks = nn.ModuleList(model.blocks[k - 1] for k in phase.trainable_blocks)
+        self.head = model.head(phase.last_block)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            inputs = block(inputs)
+        return self.head(inputs)
+
+
+@dataclass
+class PhaseState:
+    """Everything one phase's epoch loop works with; ``epoch`` counts the epochs done."""
+
+    phase: Phase
+    stage: PhaseStage
+    stage_names: frozenset[str]  # the entries of model.state_dict() the stage holds: all a phase changes
+    trainable: nn.Module  # `stage`, wrapped for DDP (and torch.compile) where asked
+    train_source: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    stopper: EarlyStopping
+    global_epoch: int  # epochs over all phases: TensorBoard's x axis
+    started: float  # perf_counter at the phase's start, moved back by a resumed run's earlier time
+    epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None  # the stage's tensors (nothing else changes in a phase)
+    best_validation: SplitMetrics | None = None  # the best epoch's (None after a resume: evaluated again)
+
+    def progress(self, results: list[PhaseResult], completed: bool = False) -> dict[str, Any]:
+        """The checkpoint fields that ``--resume`` continues the phase from."""
+        return {
+            "epoch": self.epoch, "completed": completed, "early_stopping": asdict(self.stopper),
+            "seconds": time.perf_counter() - self.started, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "results": [asdict(result) for result in results],
+        }
+
+    def stage_state(self, model: nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
+        """The stage's entries of ``model.state_dict()``; ``copy``: cloned, so training cannot change them."""
+        return {name: tensor.clone() if copy else tensor for name, tensor in model.state_dict().items()
+                if name in self.stage_names}
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def run_phases(setup: RunSetup, started: float | None = None) -> TrainResult:
+    """Train every phase not done yet, then evaluate the whole network and write the run's summary."""
+    started = time.perf_counter() if started is None else started
+    start = setup.start
+    if start.resumed and start.checkpoint is not None and not start.mid_phase:
+        restore_rng_state(start.checkpoint.rng)  # as the completed phase left them
+    results = list(start.done)
+    for phase in setup.plan:
+        if phase.index < start.phase:
+            continue
+        resumed = start.checkpoint if start.mid_phase and phase.index == start.phase else None
+        results.append(train_phase(setup, phase, results, resumed))
+    return finish(setup, results, started)
+
+
+def train_phase(setup: RunSetup, phase: Phase, done: list[PhaseResult],
+                resumed: Checkpoint | None = None) -> PhaseResult:
+    """Train one phase to its end and leave the network on the phase's best weights."""
+    setup.dist.barrier()  # every rank is done with the previous phase
+    state = start_phase(setup, phase, done)
+    setup.recorder.save_shared(phase, setup.model.state_dict(), state.stage_names)
+    setup.info("%s/%d: training blocks %d-%d (%d trainable parameters), %d frozen", phase.name, setup.plan[-1].index,
+               phase.first_block, phase.last_block,
+               sum(p.numel() for p in state.stage.parameters() if p.requires_grad), phase.frozen_prefix)
+    if resumed is not None:
+        resume_phase(setup, state, resumed)
+    elif continues_previous_phase(setup.plan, phase):
+        score_the_start(setup, state, done)
+    while state.epoch < phase.max_epochs and not state.stopper.should_stop:
+        run_epoch(setup, state, done)
+    return end_phase(setup, state, done)
+
+
+def start_phase(setup: RunSetup, phase: Phase, done: list[PhaseResult]) -> PhaseState:
+    """Freeze all but the phase's blocks; a fresh optimizer and schedule for them and their head."""
+    config, model = setup.config, setup.model
+    for block in range(1, model.num_blocks + 1):
+        trains = block in phase.trainable_blocks and block not in setup.frozen_blocks
+        (model.unfreeze_block if trains else model.freeze_block)(block)
+    stage = PhaseStage(model, phase)
+    optimizer = build_optimizer(
+        config, [(model.blocks[k - 1], scale) for k, scale in zip(phase.trainable_blocks, phase.block_lr_scales)]
+        + [(stage.head, phase.head_lr_scale)],
+    )
+    train_source = setup.inputs.source("train", phase)
+    stage_tensors = {tensor.data_ptr() for tensor in stage.state_dict().values()}
+    return PhaseState(
+        phase=phase, stage=stage,
+        stage_names=frozenset(name for name, tensor in model.state_dict().items() if tensor.data_ptr() in stage_tensors),
+        trainable=setup.dist.wrap(stage, compile=config.compile), train_source=train_source, optimizer=optimizer,
+        scheduler=build_lr_scheduler(config, optimizer, len(train_source), phase.max_epochs),
+        scaler=setup.precision.grad_scaler(), criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        stopper=EarlyStopping(config.monitor, config.patience), global_epoch=sum(r.epochs for r in done),
+        started=time.perf_counter(),
+    )
+
+
+def continues_previous_phase(plan: tuple[Phase, ...], phase: Phase) -> bool:
+    """Whether ``phase`` ends in the head the phase before it trained (fine-tuning after the
+    last block's phase, or after ``standard``): it then starts from that phase's network."""
+    position = plan.index(phase)
+    return position > 0 and plan[position - 1].last_block == phase.last_block
+
+
+def score_the_start(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> None:
+    """Validate the network the phase starts from as its epoch 0, so that the phase keeps it
+    unless an epoch beats it: fine-tuning every block can then only help on validation (at a
+    too-high rate its first epochs would otherwise replace a better network)."""
+    metrics = evaluate(setup, state.stage, setup.inputs.source("validation", state.phase)).compute()
+    _log_metrics(setup, state, "validation", metrics, 0.0, epoch=0)
+    state.stopper.update(metrics, 0)
+    state.best_state, state.best_validation = state.stage_state(setup.model), metrics
+    setup.recorder.save_phase(state.phase, ("best",), state.stage_state(setup.model, copy=False),
+                              **state.progress(done))  # what a resume restores if no epoch beats it
+    setup.info("%s epoch 0 (the network it starts from): val loss %.4f acc %.4f", state.phase.name,
+               metrics.loss, metrics.accuracy)
+
+
+def resume_phase(setup: RunSetup, state: PhaseState, checkpoint: Checkpoint) -> None:
+    """Put back the state of the phase as its last checkpoint saw it."""
+    setup.model.load_state_dict(checkpoint.model_state)
+    state.optimizer.load_state_dict(checkpoint.optimizer)
+    state.scheduler.load_state_dict(checkpoint.scheduler)
+    state.scaler.load_state_dict(checkpoint.scaler)
+    state.stopper = EarlyStopping(**checkpoint.early_stopping)
+    state.best_state = Checkpoint.load(setup.run_dir.checkpoint(state.phase.index, "best")).model_state
+    state.epoch = checkpoint.epoch
+    state.global_epoch += checkpoint.epoch
+    state.started -= checkpoint.seconds
+    restore_rng_state(checkpoint.rng)
+    setup.info("resuming %s after epoch %d", state.phase.name, state.epoch)
+
+
+def run_epoch(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> None:
+    """One epoch: train, validate, log, keep the weights if they are the best yet, checkpoint."""
+    phase = state.phase
+    state.epoch += 1
+    epoch_started = time.perf_counter()
+    setup.model.train()  # frozen blocks stay in eval mode
+    train_metrics = train_epoch(setup, state)
+    train_seconds = time.perf_counter() - epoch_started
+    val_metrics = evaluate(setup, state.stage, setup.inputs.source("validation", phase)).compute()
+    state.global_epoch += 1
+    _log_metrics(setup, state, "train", train_metrics, train_seconds)
+    _log_metrics(setup, state, "validation", val_metrics, time.perf_counter() - epoch_started - train_seconds)
+    improved = state.stopper.update(val_metrics, state.epoch)
+    setup.info("%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs", phase.name, state.epoch,
+               phase.max_epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss, val_metrics.accuracy,
+               " *" if improved else "", time.perf_counter() - epoch_started)
+    if improved:
+        state.best_state, state.best_validation = state.stage_state(setup.model), val_metrics
+    # best first, then last: a resume never sees a last newer than its best; the RNG state saved is
+    # where the next epoch starts
+    setup.recorder.save_phase(phase, ("best", "last") if improved else ("last",),
+                              state.stage_state(setup.model, copy=False), **state.progress(done))
+
+
+def train_epoch(setup: RunSetup, state: PhaseState) -> SplitMetrics:
+    tracker = MetricTracker(setup.model.num_classes, setup.dist.device)
+    state.train_source.set_epoch(state.epoch - 1)
+    show = setup.dist.is_main and _on_terminal()
+    batches = tqdm(state.train_source, desc=f"{state.phase.name} epoch {state.epoch}", leave=False, disable=not show)
+    for step, (inputs, labels, _) in enumerate(batches):
+        if step == 0:
+            # Dropout draws from a stream of its own per (rank, phase, epoch): ranks do not share
+            # masks, and a resumed epoch draws what it drew the first time. Seeded once the first
+            # batch is in, because a DataLoader draws its workers' seed from the global generator
+            # when its iterator starts: once per run with persistent workers, so a resumed run
+            # would otherwise be one draw off.
+            torch.manual_seed(_epoch_seed(setup.config.seed, setup.dist.rank, state.phase.index, state.epoch))
+        with setup.precision.autocast():
+            logits = state.trainable(setup.precision.layout(inputs)).float()
+        loss = state.criterion(logits, labels)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        tracker.update(logits, labels, loss)
+    tracker.reduce(setup.dist.all_reduce_sum)
+    return tracker.compute()
+
+
+@torch.no_grad()
+def evaluate(setup: RunSetup, forward: nn.Module, source) -> MetricTracker:
+    """``forward`` over every batch of ``source`` in eval mode, totalled over the processes."""
+    model = setup.model
+    was_training = model.training
+    model.eval()
+    criterion = nn.CrossEntropyLoss()
+    tracker = MetricTracker(model.num_classes, setup.dist.device)
+    for inputs, labels, _ in source:
+        with setup.precision.autocast():
+            logits = forward(setup.precision.layout(inputs)).float()
+        tracker.update(logits, labels, criterion(logits, labels))
+    tracker.reduce(setup.dist.all_reduce_sum)
+    model.train(was_training)
+    return tracker
+
+
+def end_phase(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> PhaseResult:
+    """Restore the best weights (they are what later phases build on), re-estimate their batch-norm
+    statistics (``precise_bn``), test, checkpoint, plot."""
+    phase, recorder = state.phase, setup.recorder
+    setup.model.load_state_dict(state.best_state, strict=False)  # the stage's tensors, or all of them
+    recorder.trained(state.stage_names)
+    val_metrics = state.best_validation  # evaluation is deterministic: the same weights score the same
+    reestimated = setup.config.precise_bn and precise_batch_norm(setup, state)
+    if reestimated or val_metrics is None:  # new statistics, or a resumed phase: score the weights again
+        val_metrics = evaluate(setup, state.stage, setup.inputs.source("validation", phase)).compute()
+    test_metrics = None
+    if setup.config.use_test and "test" in setup.inputs.loaders:
+        test_metrics = evaluate(setup, state.stage, setup.inputs.source("test", phase)).compute()
+        _log_metrics(setup, state, "test", test_metrics, 0.0, epoch=state.stopper.best_epoch)
+        setup.info("%s test loss %.4f acc %.4f", phase.name, test_metrics.loss, test_metrics.accuracy)
+    waited = setup.inputs.wait_fraction(phase.name)
+    if waited is not None:
+        setup.info("%s waited %.1f%% of its training time on cached batches", phase.name, 100 * waited)
+    result = PhaseResult(
+        index=phase.index, name=phase.name, epochs=state.epoch, best_epoch=state.stopper.best_epoch,
+        validation=val_metrics.as_dict(), test=None if test_metrics is None else test_metrics.as_dict(),
+        seconds=time.perf_counter() - state.started,
+        best_checkpoint=str(setup.run_dir.checkpoint(phase.index, "best")),
+        last_checkpoint=str(setup.run_dir.checkpoint(phase.index, "last")),
+    )
+    # "best" too where the statistics changed: --ckpt-dir and --init-from build on it
+    recorder.save_phase(phase, ("best", "last") if reestimated else ("last",), state.stage_state(setup.model, copy=False),
+                        **state.progress([*done, result], completed=True))
+    recorder.refresh_plots(setup.phase_names)
+    return result
+
+
+def precise_batch_norm(setup: RunSetup, state: PhaseState) -> bool:
+    """Re-estimate the batch-norm statistics of the blocks this phase trained with one pass over
+    its training inputs, the same on every rank (batch_norm.py); False where they have none."""
+    trained = [block for k, block in zip(state.phase.trainable_blocks, state.stage.blocks)
+               if k not in setup.frozen_blocks]  # a reused block kept frozen stays as it came
+    state.train_source.set_epoch(state.epoch - 1)  # the last epoch's views, also after a resume that reaches here
+    inputs = (setup.precision.layout(batch) for batch, _, _ in state.train_source)
+    images = reestimate_batch_norm(trained, inputs, setup.dist.all_reduce_sum, setup.precision.autocast)
+    if images:
+        setup.info("%s: batch-norm statistics re-estimated over %d images", state.phase.name, images)
+    return images > 0
+
+
+def finish(setup: RunSetup, results: list[PhaseResult], started: float) -> TrainResult:
+    """Evaluate the whole network, write the final checkpoint, summary and plots."""
+    split = "test" if "test" in setup.inputs.loaders else "validation"
+    tracker = evaluate(setup, setup.model, setup.inputs.images(split))
+    metrics = tracker.compute()
+    classes = setup.data.classes
+    final = {
+        "split": split, **metrics.as_dict(),
+        "per_class_accuracy": dict(zip(classes, per_class_accuracy(tracker.confusion.cpu()))),
+        "confusion_matrix": tracker.confusion.cpu().tolist(),
+    }
+    checkpoint = setup.run_dir.final_checkpoint
+    setup.info("final %s accuracy %.4f (%d images)", split, metrics.accuracy, metrics.count)
+    summary = {
+        "config": setup.recorder.identity.config, "classes": classes,
+        "model": asdict(setup.recorder.identity.model), "phases": [asdict(r) for r in results], "final": final,
+        "seconds": time.perf_counter() - started, "checkpoint": str(checkpoint),
+    }
+    setup.recorder.save_final(setup.plan[-1], setup.model.state_dict(), summary, setup.phase_names)
+    setup.dist.barrier()
+    return TrainResult(setup.run_dir.path, classes, results, final, checkpoint, time.perf_counter() - started,
+                       setup.model, setup.inputs.report())
+
+
+def _log_metrics(setup: RunSetup, state: PhaseState, split: str, metrics: SplitMetrics, seconds: float,
+                 epoch: int | None = None) -> None:
+    lr = state.optimizer.param_groups[-1]["lr"]  # the newest block's
+    setup.recorder.log_metrics(state.phase, state.epoch if epoch is None else epoch, split, metrics, lr, seconds,
+                               state.global_epoch)
+
+
+def _epoch_seed(seed: int, rank: int, phase: int, epoch: int) -> int:
+    """A torch seed for one epoch of one rank, distinct for every (seed, rank, phase, epoch)."""
+    return int(np.random.SeedSequence([seed, rank, phase, epoch]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _on_terminal() -> bool:
+    import sys
+
+    return sys.stdout.isatty()
