@@ -5,12 +5,9 @@ bf16, or int8 with a per-channel scale). Row ``index * views + view`` holds view
 sample ``index``. The rows live in one of three tiers (see :mod:`phasenets.cache.tiers`): device
 memory, host RAM (pinned where CUDA exists) or a memory-mapped file under ``cache_dir``.
 
-Disk caches are crash-safe. A build writes ``<name>.pncache.partial-<pid>`` while holding an
-exclusive lock on ``<name>.pncache.lock``; :meth:`FeatureCache.commit` checksums the payload,
-writes the header, fsyncs, and only then renames the file to ``<name>.pncache``. A reader
-therefore sees either no file, the previous complete file, or the new complete file, and
-:meth:`FeatureCache.open` re-checks the header and checksum before it serves anything. A build
-killed at any point leaves only a partial file, which the next builder deletes.
+Disk caches are crash-safe: a build writes a partial file under a lock and :meth:`FeatureCache.commit`
+renames it only once the payload is checksummed and on disk; :meth:`FeatureCache.open` re-checks
+the header and checksum before it serves anything (see :mod:`phasenets.cache.storage`).
 
 Typical use (one process builds, any number reuse)::
 
@@ -26,73 +23,23 @@ Typical use (one process builds, any number reuse)::
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
-import glob
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 
-from phasenets._atomic import fsync_directory
 from phasenets.cache import ops
-from phasenets.cache.fileformat import CacheFormatError, CacheHeader, encode_header, payload_crc32, read_header
+from phasenets.cache.fileformat import CacheFormatError, CacheHeader, encode_header
 from phasenets.cache.spec import CacheSpec
+from phasenets.cache.storage import (BuildLock, CacheLockTimeout, DiskBuild, allocate_rows, cache_file_paths,
+                                     read_committed, view_rows)
 from phasenets.cache.tiers import Placement, Tier
 
 __all__ = ["FeatureCache", "CacheLockTimeout"]
 
-FILE_SUFFIX = ".pncache"
 WRITABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the scatter op takes as input
 PREFETCH_WORKERS = min(4, os.cpu_count() or 1)
-
-
-class CacheLockTimeout(TimeoutError):
-    """Another process held the build lock for longer than the caller was willing to wait."""
-
-
-class _BuildLock:
-    """An exclusive ``flock`` on ``<name>.pncache.lock``: one builder per cache file at a time.
-
-    The kernel drops the lock when its holder exits, however it exits, so a crashed builder never
-    leaves a stale lock behind. The lock file itself is never deleted (deleting it would let two
-    processes lock two different inodes of the same name).
-    """
-
-    def __init__(self, path: str, timeout: float | None):
-        self.path = path
-        self._file = open(path, "a+b")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
-                return
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    self._file.close()
-                    raise
-                if time.monotonic() >= deadline:
-                    self._file.close()
-                    raise CacheLockTimeout(
-                        f"another process has been building the cache behind {path} for over {timeout}s"
-                    ) from None
-                time.sleep(0.05)
-
-    def release(self) -> None:
-        if not self._file.closed:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            self._file.close()
-
-
-def _file_paths(cache_dir: str | os.PathLike, name: str) -> tuple[str, str, str]:
-    """(committed file, partial-file prefix, lock file) for cache ``name`` under ``cache_dir``."""
-    if not name or os.sep in name or name.startswith("."):
-        raise ValueError(f"cache name must be a plain file name, got {name!r}")
-    base = os.path.join(os.fspath(cache_dir), name + FILE_SUFFIX)
-    return base, base + ".partial-", base + ".lock"
 
 
 class FeatureCache:
@@ -100,7 +47,7 @@ class FeatureCache:
     :meth:`open_or_build`; do not call the constructor directly."""
 
     def __init__(self, header: CacheHeader, storage: torch.Tensor, tier: Tier, *, committed: bool,
-                 disk: "_DiskFile | None" = None):
+                 disk: DiskBuild | None = None):
         self._header = header
         self._storage = storage  # [num_samples * views, row_elems] in the storage dtype
         self._scale = None if header.scale is None else header.scale.to(storage.device)
@@ -162,9 +109,9 @@ class FeatureCache:
         header = _header(fingerprint, spec, scale)
         tier = Placement(tier, budget_bytes=budget_bytes, cache_dir=cache_dir).tier_for(spec.nbytes)
         if tier is Tier.DISK:
-            lock = _BuildLock(_file_paths(cache_dir, name)[2], lock_timeout)
+            lock = BuildLock(cache_file_paths(cache_dir, name)[2], lock_timeout)
             return cls._create_on_disk(header, cache_dir, name, lock)
-        return cls(header, cls._allocate_in_memory(header, tier), tier, committed=False)
+        return cls(header, allocate_rows(spec, tier), tier, committed=False)
 
     @classmethod
     def open(
@@ -189,21 +136,11 @@ class FeatureCache:
                 4 GB/s) before trusting it; the header is always checked.
         """
         tier = _fixed_tier(tier)
-        path = _file_paths(cache_dir, name)[0]
-        try:
-            file = open(path, "rb")
-        except FileNotFoundError:
+        committed = read_committed(cache_dir, name, fingerprint, verify)
+        if committed is None:
             return None
-        with file:  # header and payload come from this one open file, even if it is replaced meanwhile
-            header = read_header(file)
-            if header.fingerprint != fingerprint:
-                return None
-            mapped = np.memmap(file, dtype=np.uint8, mode="c", offset=header.payload_offset,
-                               shape=(header.payload_nbytes,))
-        storage = cls._view_rows(torch.from_numpy(mapped), header)
-        if verify and payload_crc32(storage) != header.payload_crc32:
-            raise CacheFormatError(f"{path}: payload checksum mismatch: the file is corrupt; delete it to rebuild")
-        return cls(header, storage, Tier.DISK, committed=True)._moved_to(tier)
+        header, rows = committed
+        return cls(header, rows, Tier.DISK, committed=True)._moved_to(tier)
 
     @classmethod
     def open_or_build(
@@ -229,9 +166,8 @@ class FeatureCache:
         reopened = cls._open_or_warn(cache_dir, fingerprint, name, tier)
         if reopened is not None:
             return reopened
-        committed_path, _, lock_path = _file_paths(cache_dir, name)
         os.makedirs(cache_dir, exist_ok=True)
-        lock = _BuildLock(lock_path, lock_timeout)
+        lock = BuildLock(cache_file_paths(cache_dir, name)[2], lock_timeout)
         try:
             # another process may have built it while this one waited for the lock
             reopened = cls._open_or_warn(cache_dir, fingerprint, name, tier)
@@ -260,7 +196,7 @@ class FeatureCache:
             return self
         try:
             Placement(tier).check(self.nbytes, tier)  # a clear error if it does not fit
-            memory = self._allocate_in_memory(self._header, tier, zero=False)
+            memory = allocate_rows(self.spec, tier, zero=False)
             memory.copy_(self._storage)
         finally:
             self.close()
@@ -284,24 +220,9 @@ class FeatureCache:
         return _header(fingerprint, spec, options.get("scale"))
 
     @classmethod
-    def _create_on_disk(cls, header: CacheHeader, cache_dir, name: str, lock: _BuildLock) -> FeatureCache:
-        disk = _DiskFile.start(cache_dir, name, header, lock)
-        return cls(header, cls._view_rows(disk.payload, header), Tier.DISK, committed=False, disk=disk)
-
-    @staticmethod
-    def _allocate_in_memory(header: CacheHeader, tier: Tier, zero: bool = True) -> torch.Tensor:
-        shape = (header.spec.rows, header.row_elems)
-        dtype = header.spec.torch_dtype
-        if tier is Tier.CUDA:
-            storage = torch.empty(shape, dtype=dtype, device="cuda")
-        else:
-            storage = torch.empty(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
-        # zeroed so that a row read before it is written is deterministic, never stale memory
-        return storage.zero_() if zero else storage
-
-    @staticmethod
-    def _view_rows(payload_bytes: torch.Tensor, header: CacheHeader) -> torch.Tensor:
-        return payload_bytes.view(header.spec.torch_dtype).view(header.spec.rows, header.row_elems)
+    def _create_on_disk(cls, header: CacheHeader, cache_dir, name: str, lock: BuildLock) -> FeatureCache:
+        disk = DiskBuild.start(cache_dir, name, header, lock)
+        return cls(header, view_rows(disk.payload, header.spec), Tier.DISK, committed=False, disk=disk)
 
     # ------------------------------------------------------------------ properties
 
@@ -548,55 +469,3 @@ def _check_range(values: torch.Tensor, limit: int, argument: str, bound_name: st
     if values.numel() and (int(values.min()) < 0 or int(values.max()) >= limit):
         raise IndexError(f"{argument} must be in [0, {bound_name}={limit}), got values in "
                          f"[{int(values.min())}, {int(values.max())}]")
-
-
-class _DiskFile:
-    """The partial file of a disk build, its memory map and its build lock."""
-
-    def __init__(self, partial_path: str, final_path: str, file, mapped: np.memmap, lock: _BuildLock):
-        self.partial_path = partial_path
-        self.final_path = final_path
-        self._file = file
-        self._mapped = mapped
-        self._lock = lock
-        self.payload = torch.from_numpy(mapped)
-
-    @classmethod
-    def start(cls, cache_dir, name: str, header: CacheHeader, lock: _BuildLock) -> _DiskFile:
-        final_path, partial_prefix, _ = _file_paths(cache_dir, name)
-        # holding the lock, every partial file of this name belongs to a builder that died
-        for stale in glob.glob(glob.escape(partial_prefix) + "*"):
-            os.unlink(stale)
-        partial_path = f"{partial_prefix}{os.getpid()}"
-        file = open(partial_path, "w+b")
-        try:
-            # the header area stays zeroed (an invalid magic) until commit writes it
-            file.truncate(header.payload_offset + header.payload_nbytes)
-            mapped = np.memmap(file, dtype=np.uint8, mode="r+", offset=header.payload_offset,
-                               shape=(header.payload_nbytes,))
-        except BaseException:
-            file.close()
-            os.unlink(partial_path)
-            lock.release()
-            raise
-        return cls(partial_path, final_path, file, mapped, lock)
-
-    def commit(self, header: CacheHeader, storage: torch.Tensor) -> CacheHeader:
-        self._mapped.flush()  # msync: the payload reaches the file before the header claims it
-        header = dataclasses.replace(header, payload_crc32=payload_crc32(storage))
-        os.pwrite(self._file.fileno(), encode_header(header), 0)
-        os.fsync(self._file.fileno())
-        os.replace(self.partial_path, self.final_path)
-        fsync_directory(os.path.dirname(self.final_path) or ".")
-        self._file.close()
-        self._lock.release()
-        return header
-
-    def close(self, discard: bool) -> None:
-        self.payload = None
-        self._mapped = None
-        if not self._file.closed:
-            self._file.close()
-        if discard and os.path.exists(self.partial_path):
-            os.unlink(self.partial_path)
-        self._lock.release()
