@@ -33,12 +33,13 @@ from phasenets.cache import ops
 from phasenets.cache.fileformat import CacheFormatError, CacheHeader, encode_header
 from phasenets.cache.spec import CacheSpec
 from phasenets.cache.storage import (BuildLock, CacheLockTimeout, DiskBuild, allocate_rows, cache_file_paths,
-                                     read_committed, view_rows)
+                                     copy_to_device, read_committed, view_rows)
 from phasenets.cache.tiers import Placement, Tier
 
 __all__ = ["FeatureCache", "CacheLockTimeout"]
 
 WRITABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the scatter op takes as input
+REQUANTIZE_ROWS = 4096  # rows requantized at a time when an int8 scale grows (bounds the float copy)
 PREFETCH_WORKERS = min(4, os.cpu_count() or 1)
 
 
@@ -51,14 +52,14 @@ class FeatureCache:
         self._header = header
         self._storage = storage  # [num_samples * views, row_elems] in the storage dtype
         self._scale = None if header.scale is None else header.scale.to(storage.device)
+        self._fixed_scale = header.scale is not None  # given at creation, or read from a committed file
         self._tier = tier
         self._committed = committed
         self._disk = disk
         self._closed = False
-        # which rows a build has written (1 byte per row, freed at commit), so that commit can
-        # refuse a cache with holes instead of serving zeros as features
-        self._written = None if committed else torch.zeros(storage.shape[0], dtype=torch.bool,
-                                                           device=storage.device)
+        # which rows a build has written (1 byte per row, on the host, freed at commit), so that
+        # commit can refuse a cache with holes instead of serving zeros as features
+        self._written = None if committed else torch.zeros(storage.shape[0], dtype=torch.bool)
 
     # ------------------------------------------------------------------ construction
 
@@ -96,10 +97,12 @@ class FeatureCache:
             cache_dir: directory of the disk tier's file (required for ``"disk"``).
             budget_bytes: the most ``auto`` may put in device or host memory.
             name: the file's base name, unique per cache within ``cache_dir``.
-            scale: int8 only: the per-channel dequantization scale (``[C]`` float32, e.g. from
-                ``ops.compute_int8_scale`` over a calibration sample). Without it, the first
-                :meth:`write` fixes the scale from its own batch; later values beyond
-                ``127 * scale`` saturate, so a representative first batch (or a scale) matters.
+            scale: int8 only: a fixed per-channel dequantization scale (``[C]`` float32); values
+                beyond ``127 * scale`` then saturate. Without it, the first write sets the scale
+                to its batch's ``absmax / 127`` per channel, and a later batch that exceeds it
+                grows it (at least doubling it) and requantizes the rows already written: nothing
+                saturates, and every value is within one quantization step of what was written
+                (half a step in channels whose scale never grew).
             lock_timeout: seconds a disk build waits for another builder of the same file
                 (``None``: as long as it takes).
         """
@@ -305,11 +308,33 @@ class FeatureCache:
         if flat.dtype not in WRITABLE_DTYPES:
             flat = flat.float()
         flat = flat.contiguous()
-        if self.dtype == "int8" and self._scale is None:
-            self._scale = ops.compute_int8_scale(flat.float(), self.feature_shape[0]).to(self.device)
-            self._header = dataclasses.replace(self._header, scale=self._scale.cpu())
-        ops.scatter_rows(self._storage, rows, flat, self._scale)
+        if self.dtype == "int8" and not self._fixed_scale:
+            self._grow_scale(flat)
+        ops.scatter_rows(self._storage, copy_to_device(rows, self.device), flat, self._scale)
         self._written[rows] = True
+
+    def _grow_scale(self, flat: torch.Tensor) -> None:
+        """Widen the int8 scale where this batch exceeds it, requantizing the rows already written
+        (in row chunks, on the storage's device).
+
+        A grown channel's scale at least doubles: each requantization rounds once more, and with
+        scales that double the roundings add up to less than one final step (1/2 + 1/4 + ...),
+        where growing to the exact new maximum could add half a step per growth without bound.
+        """
+        batch = ops.compute_int8_scale(flat.float(), self.feature_shape[0])
+        if self._scale is None:
+            self._scale = batch
+            return
+        exceeded = batch > self._scale
+        if not bool(exceeded.any()):  # a host read, once per write: builds only, never reads
+            return
+        grown = torch.where(exceeded, torch.maximum(batch, 2 * self._scale), self._scale)
+        ratio = (self._scale / grown)[None, :, None]
+        channels = self._storage.view(self._storage.shape[0], self.feature_shape[0], -1)
+        for start in range(0, channels.shape[0], REQUANTIZE_ROWS):
+            chunk = channels[start:start + REQUANTIZE_ROWS]
+            chunk.copy_((chunk.float() * ratio).round_().clamp_(-127, 127))
+        self._scale = grown
 
     def read(
         self,
@@ -326,7 +351,7 @@ class FeatureCache:
         """
         self._check_open()
         rows = self._row_ids(indices, 0 if views is None else views, "views")
-        batch = ops.gather_rows(self._storage, rows, self._scale, out_dtype)
+        batch = ops.gather_rows(self._storage, copy_to_device(rows, self.device), self._scale, out_dtype)
         batch = batch.view(rows.numel(), *self.feature_shape)
         return batch if device is None else batch.to(device, non_blocking=True)
 
@@ -343,29 +368,34 @@ class FeatureCache:
         """Yield ``(features, indices)`` batches over ``order``, gathered ahead of use.
 
         Args:
-            order: the epoch's sample indices in visiting order (int64 ``[M]``).
+            order: the epoch's sample indices in visiting order (int64 ``[M]``, on the host).
             batch_size: rows per batch; the last batch may be short unless ``drop_last``.
             views: None (view 0), an int, or an int64 ``[M]`` tensor with the view of ``order[i]``.
             device: where the batches go (default: where the cache lives).
             prefetch: batches gathered ahead on background threads (0: gather on demand).
+
+        The whole epoch's indices are checked on the host once, then copied to a GPU (pinned,
+        without waiting) once: reading an epoch from the cuda tier never synchronizes the host.
         """
         self._check_open()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        order = torch.as_tensor(order, dtype=torch.int64).reshape(-1).cpu()
-        rows = self._row_ids(order, 0 if views is None else views, "views")  # on the storage's device
+        order = torch.as_tensor(order, dtype=torch.int64).reshape(-1)
+        rows = self._row_ids(order, 0 if views is None else views, "views")
         stop = (rows.numel() // batch_size) * batch_size if drop_last else rows.numel()
         starts = range(0, stop, batch_size)
-        row_batches = [rows[start:start + batch_size] for start in starts]
-        index_batches = [order[start:start + batch_size] for start in starts]
         target = torch.device(device) if device is not None else self.device
+        order = copy_to_device(order.cpu(), target)
+        index_batches = [order[start:start + batch_size] for start in starts]
         if prefetch > 0 and self._tier is not Tier.CUDA:
-            gathered = self._prefetched(row_batches, out_dtype, target, prefetch)
+            gathered = self._prefetched([rows[start:start + batch_size] for start in starts], out_dtype, target,
+                                        prefetch)
         else:  # a device-resident table is gathered in place: nothing to overlap
-            gathered = (ops.gather_rows(self._storage, row_ids, self._scale, out_dtype).to(target)
-                        for row_ids in row_batches)
+            rows = copy_to_device(rows, self.device)
+            gathered = (ops.gather_rows(self._storage, rows[start:start + batch_size], self._scale, out_dtype)
+                        .to(target, non_blocking=True) for start in starts)
         for features, indices in zip(gathered, index_batches):
-            yield features.view(indices.numel(), *self.feature_shape), indices.to(target)
+            yield features.view(indices.numel(), *self.feature_shape), indices
 
     def _prefetched(self, row_batches: list[torch.Tensor], out_dtype: torch.dtype, target: torch.device,
                     depth: int) -> Iterator[torch.Tensor]:
@@ -375,12 +405,14 @@ class FeatureCache:
             yield from prefetcher
 
     def _row_ids(self, indices: torch.Tensor, views: int | torch.Tensor, argument: str) -> torch.Tensor:
+        """The storage rows of (``indices``, ``views``), computed and range-checked on the host
+        (indices on a GPU are copied back, which waits for it: pass host tensors)."""
         indices = torch.as_tensor(indices)
         if indices.dtype not in (torch.int64, torch.int32) or indices.dim() != 1:
             raise TypeError(f"indices must be a 1-D int64 tensor, got {indices.dtype} of shape {list(indices.shape)}")
-        indices = indices.to(self.device, torch.int64)
+        indices = indices.to("cpu", torch.int64)
         _check_range(indices, self.num_samples, "indices", "num_samples")
-        views = torch.as_tensor(views, device=self.device)
+        views = torch.as_tensor(views).cpu()
         if views.dtype not in (torch.int64, torch.int32) or views.dim() > 1 or (
                 views.dim() == 1 and views.numel() != indices.numel()):
             raise TypeError(f"{argument} must be an int or a 1-D integer tensor with one view per index")
@@ -402,8 +434,13 @@ class FeatureCache:
         self._check_open()
         if self._committed:
             return
-        if self.dtype == "int8" and self._scale is None:
-            raise RuntimeError("an int8 cache cannot be committed before its scale is set by a write")
+        if self.dtype == "int8":
+            if self._scale is None:
+                raise RuntimeError("an int8 cache cannot be committed before its scale is set by a write")
+            scale = self._scale.cpu()
+            if not bool(torch.isfinite(scale).all()):
+                raise ValueError("the features held NaN or infinite values, which int8 cannot represent")
+            self._header = dataclasses.replace(self._header, scale=scale)
         missing = (~self._written).nonzero().flatten()
         if missing.numel():
             first = int(missing[0])

@@ -44,6 +44,7 @@ from phasenets.cache.feature_cache import FeatureCache
 from phasenets.cache.fileformat import CacheFormatError
 from phasenets.cache.fingerprint import cache_fingerprint
 from phasenets.cache.spec import CacheSpec
+from phasenets.cache.storage import copy_to_device
 from phasenets.cache.tiers import Placement, Tier, format_bytes
 
 __all__ = ["CachedFeatures", "FeatureLevels", "LevelSettings", "SplitFeed", "default_cache_views"]
@@ -52,6 +53,7 @@ log = logging.getLogger("phasenets")
 
 DEFAULT_AUGMENTED_VIEWS = 4
 PREFETCH_BATCHES = 2
+FINGERPRINT_CHARS = 16  # of the fingerprint's 64 hex digits, in a cache file's name (64 bits)
 _VIEW_STREAM = 1  # keeps the per-epoch view draw independent of the sampler's (seed, epoch) shuffle
 
 
@@ -70,11 +72,18 @@ def default_cache_views(augmenting: bool, max_epochs: int) -> int:
 @dataclass(frozen=True)
 class LevelSettings:
     """How a run's level caches are kept: ``views`` per augmented training sample, the storage
-    ``dtype``, and where (``placement``: the tier mode, the memory budget, the disk folder)."""
+    ``dtype``, and where (``placement``: the tier mode, the memory budget, the disk folder).
+
+    ``shared``: every level is also committed to a file in the placement's ``cache_dir``, for
+    other runs sharing the folder (a memory-tier level is then built through the file and read
+    from memory): a run finding the file reuses it, and one arriving while another process builds
+    it waits for that build instead of making its own. Otherwise only the disk tier writes files.
+    """
 
     views: int
     dtype: str
     placement: Placement
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,7 @@ class CachedFeatures:
     def __init__(self, cache: FeatureCache, labels: torch.Tensor, sampler, device: torch.device, *, seed: int,
                  report: Callable[[float, float], None] | None = None):
         self.cache = cache
-        self.labels = labels.to(device)
+        self.labels = copy_to_device(labels, device)
         self.sampler = sampler
         self.device = device
         self.seed = seed
@@ -219,14 +228,16 @@ class FeatureLevels:
         spec = CacheSpec(len(feed.labels), self.model.block_output_shapes[level - 1],
                          self.settings.views if feed.augmented else 1, self.settings.dtype)
         fingerprint = self._fingerprint(level, split, spec)
-        name = f"level{level}-{self._part(split)}"
+        # named by its fingerprint: runs that differ (a seed, a weight) keep files of their own in a
+        # shared folder, and identical runs find each other's
+        name = f"level{level}-{self._part(split)}-{fingerprint[:FINGERPRINT_CHARS]}"
         started = time.perf_counter()
         tier = self.settings.placement.tier_for(spec.nbytes)
         builds = self.builds
-        if tier is Tier.DISK:
+        if tier is Tier.DISK or self.settings.shared:
             cache = FeatureCache.open_or_build(lambda new: self._fill(new, level, split),
                                                cache_dir=self.settings.placement.cache_dir, fingerprint=fingerprint,
-                                               name=name, spec=spec)
+                                               name=name, spec=spec, tier=tier)
         else:
             cache = self._open_committed(name, fingerprint, tier) or self._build_in_memory(spec, fingerprint,
                                                                                            tier, level, split)

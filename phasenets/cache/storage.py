@@ -25,7 +25,7 @@ from phasenets.cache.spec import CacheSpec
 from phasenets.cache.tiers import Tier
 
 __all__ = ["FILE_SUFFIX", "BuildLock", "CacheLockTimeout", "DiskBuild", "allocate_rows", "cache_file_paths",
-           "read_committed", "view_rows"]
+           "copy_to_device", "read_committed", "view_rows"]
 
 FILE_SUFFIX = ".pncache"
 
@@ -39,6 +39,16 @@ def allocate_rows(spec: CacheSpec, tier: Tier, zero: bool = True) -> torch.Tenso
         storage = torch.empty(shape, dtype=spec.torch_dtype, pin_memory=torch.cuda.is_available())
     # zeroed so that a row read before it is written is deterministic, never stale memory
     return storage.zero_() if zero else storage
+
+
+def copy_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without the host waiting for it: staged in pinned memory and
+    copied asynchronously (stream-ordered before anything later on that device). Unchanged for a
+    CPU ``device`` or a tensor already there."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type == "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def view_rows(payload_bytes: torch.Tensor, spec: CacheSpec) -> torch.Tensor:
@@ -84,42 +94,56 @@ class BuildLock:
     """An exclusive ``flock`` on ``<name>.pncache.lock``: one builder per cache file at a time.
 
     The kernel drops the lock when its holder exits, however it exits, so a crashed builder never
-    leaves a stale lock behind. The lock file itself is never deleted (deleting it would let two
-    processes lock two different inodes of the same name).
+    leaves a stale lock. The holder deletes the lock file before it lets go, so a finished build
+    leaves no ``.lock`` file behind. A waiter may thus wake holding the lock of a file that is
+    gone; it then sees that the name now points elsewhere (or nowhere) and locks the path again,
+    so two processes never hold "the" lock on two different files at once.
     """
 
     def __init__(self, path: str, timeout: float | None):
         self.path = path
-        self._file = open(path, "a+b")
         deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._file = open(path, "a+b")
+            try:
+                self._wait(deadline, timeout)
+            except BaseException:
+                self._file.close()
+                raise
+            if self._still_the_lock_file():
+                return
+            self._file.close()  # its holder deleted it while this process waited: lock the new one
+
+    def _wait(self, deadline: float | None, timeout: float | None) -> None:
         while True:
             try:
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
                 return
             except OSError as error:
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    self._file.close()
                     raise
                 if time.monotonic() >= deadline:
-                    self._file.close()
                     raise CacheLockTimeout(
-                        f"another process has been building the cache behind {path} for over {timeout}s"
+                        f"another process has been building the cache behind {self.path} for over {timeout}s"
                     ) from None
                 time.sleep(0.05)
 
+    def _still_the_lock_file(self) -> bool:
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self._file.fileno())
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
     def release(self) -> None:
         if not self._file.closed:
+            try:
+                os.unlink(self.path)  # while still locked: nobody can have locked the path's new file yet
+            except FileNotFoundError:
+                pass
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()
-
-
-def _file_paths(cache_dir: str | os.PathLike, name: str) -> tuple[str, str, str]:
-    """(committed file, partial-file prefix, lock file) for cache ``name`` under ``cache_dir``."""
-    if not name or os.sep in name or name.startswith("."):
-        raise ValueError(f"cache name must be a plain file name, got {name!r}")
-    base = os.path.join(os.fspath(cache_dir), name + FILE_SUFFIX)
-    return base, base + ".partial-", base + ".lock"
-
 
 
 class DiskBuild:

@@ -155,7 +155,8 @@ class PhaseInputs:
                 local_processes=dist.local_world_size, gpu=dist.device.type == "cuda",
             )
             settings = LevelSettings(views=config.cache_views or default_cache_views(augmenting, config.max_epochs),
-                                     dtype=config.cache_dtype, placement=placement)
+                                     dtype=config.cache_dtype, placement=placement,
+                                     shared=config.cache_dir is not None)
             levels = FeatureLevels(model, feeds, settings, dist.device, autocast=precision.autocast, seed=config.seed,
                                    rank_tag=dist.rank_tag, info=info,
                                    show_progress=dist.is_main and sys.stdout.isatty())

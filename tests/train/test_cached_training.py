@@ -2,6 +2,7 @@
 disk caches reused by ``--resume``, anything stale rebuilt, ``auto`` off where it cannot pay."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -81,8 +82,10 @@ def test_fp16_cache_matches_within_fp16_rounding(tiny_data, tmp_path):
 def test_resume_reuses_the_disk_cache_and_a_changed_weight_rebuilds(tiny_data, tmp_path):
     run = tmp_path / "run"
     _, first = _fit(tiny_data, run, cache="disk")
-    assert first.cache.builds == 4 and sorted(p.name for p in (run / "cache").glob("*.pncache")) == [
-        f"level{level}-{split}.pncache" for level in (1, 2) for split in ("train", "validation")]
+    names = sorted(p.name for p in (run / "cache").iterdir())  # no lock or partial file left either
+    assert first.cache.builds == 4 and [name.rsplit("-", 1)[0] for name in names] == [
+        f"level{level}-{split}" for level in (1, 2) for split in ("train", "validation")]
+    assert all(re.fullmatch(r"level\d-\w+-[0-9a-f]{16}\.pncache", name) for name in names)
 
     # forget phase 3: resuming starts it again and needs level 2, which is on disk
     resumable = tmp_path / "resumable"
@@ -146,3 +149,19 @@ def test_default_views():
     assert default_cache_views(augmenting=False, max_epochs=50) == 1
     assert default_cache_views(augmenting=True, max_epochs=50) == 4
     assert default_cache_views(augmenting=True, max_epochs=2) == 2
+
+
+def test_runs_sharing_a_cache_dir_reuse_what_is_the_same_and_keep_apart_what_is_not(tiny_data, tmp_path):
+    """--cache-dir shared by runs: an identical run builds nothing (even in a memory tier, the
+    levels go through the shared files), and a run with another seed keeps files of its own
+    instead of overwriting the first run's (their names carry the fingerprint)."""
+    shared = tmp_path / "shared"
+    _, first = _fit(tiny_data, tmp_path / "a", cache="host", cache_dir=str(shared), max_epochs=1)
+    assert (first.cache.builds, first.cache.reuses) == (4, 0) and len(list(shared.glob("*.pncache"))) == 4
+    _, same = _fit(tiny_data, tmp_path / "b", cache="host", cache_dir=str(shared), max_epochs=1)
+    assert (same.cache.builds, same.cache.reuses) == (0, 4)
+    _, other = _fit(tiny_data, tmp_path / "c", cache="host", cache_dir=str(shared), max_epochs=1, seed=1)
+    assert (other.cache.builds, other.cache.reuses) == (4, 0) and len(list(shared.glob("*.pncache"))) == 8
+    _, again = _fit(tiny_data, tmp_path / "d", cache="host", cache_dir=str(shared), max_epochs=1)
+    assert (again.cache.builds, again.cache.reuses) == (0, 4)
+    assert not list(shared.glob("*.lock")) and not list(shared.glob("*partial*"))
