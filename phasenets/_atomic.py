@@ -10,13 +10,35 @@ import os
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["fsync_directory", "temporary_name", "write_atomically"]
+__all__ = ["fsync_directory", "remove_stale_temporaries", "temporary_name", "write_atomically"]
 
 
 def temporary_name(path: Path) -> Path:
     """A hidden name beside ``path`` for this process to write before committing (same filesystem,
     so the rename is atomic; the pid keeps two processes from sharing one)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files in ``folder`` whose writer is gone (a process killed mid-write
+    leaves its ``.NAME.tmp-PID`` behind); returns their paths. A live writer's file is kept."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp-*"):
+        pid = path.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def fsync_directory(directory: str | os.PathLike) -> None:

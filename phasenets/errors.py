@@ -5,7 +5,7 @@ choice lists from (the plan, the optimizers) can raise it without importing ``co
 """
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError"]
+__all__ = ["CheckpointDamaged", "CheckpointError", "ConfigError"]
 
 
 class ConfigError(ValueError):
@@ -14,3 +14,8 @@ class ConfigError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, damaged or not a phasenets checkpoint, or a folder holds none."""
+
+
+class CheckpointDamaged(CheckpointError):
+    """A phasenets checkpoint whose bytes are torn or changed: never to be used, nor read as
+    anything else (a plain weights file, say)."""

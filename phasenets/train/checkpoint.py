@@ -9,9 +9,12 @@ from disk (a phase's checkpoints leave the weights the phase never changes to a 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import pickle
 import random
 import shutil
+import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,10 +25,12 @@ import numpy as np
 import torch
 
 from phasenets._atomic import fsync_directory, temporary_name, write_atomically
-from phasenets.errors import CheckpointError
+from phasenets.errors import CheckpointDamaged, CheckpointError
 
-__all__ = ["Checkpoint", "CheckpointError", "CheckpointWriter", "ModelRecord", "SHARED_STATE_KEY", "save_checkpoint",
-           "load_checkpoint", "capture_rng_state", "restore_rng_state"]
+__all__ = ["Checkpoint", "CheckpointDamaged", "CheckpointError", "CheckpointWriter", "ModelRecord", "SHARED_STATE_KEY",
+           "save_checkpoint", "load_checkpoint", "capture_rng_state", "payload_checksum", "restore_rng_state"]
+
+log = logging.getLogger("phasenets")
 
 FORMAT = "phasenets-checkpoint"
 VERSION = 1
@@ -33,6 +38,8 @@ VERSION = 1
 # its own directory holding the rest: a phase's epochs then leave out the weights the phase never
 # changes (the frozen prefix, the blocks still to train), written once per phase.
 SHARED_STATE_KEY = "model_state_shared"
+# every file carries payload_checksum() of the rest of its contents, checked on every load
+CHECKSUM_KEY = "checksum"
 
 
 # where a phase's epoch loop stood: absent from final.pt
@@ -136,11 +143,14 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any], copies: Sequence[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
+    contents = {"format": FORMAT, "version": VERSION, **payload}
+    contents[CHECKSUM_KEY] = payload_checksum(contents)
+
     def write(tmp: Path) -> None:
         # through a handle, not the path: torch names the archive inside after a path's file name,
         # which would put the temporary name in the bytes
         with open(tmp, "wb") as handle:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
+            torch.save(contents, handle)
 
     write_atomically(path, write, sync_directory=False)
     directories = {path.parent}
@@ -243,14 +253,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for torn or foreign files
-        raise CheckpointError(f"{path} is damaged or not a phasenets checkpoint: {error}") from error
+    payload = _read(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a phasenets checkpoint")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {payload.get('version')}; this phasenets reads {VERSION}")
+    stored = payload.pop(CHECKSUM_KEY, None)
+    if stored is None:
+        log.warning("%s has no checksum (written by phasenets before 0.2): its integrity cannot be checked", path)
+    elif payload_checksum(payload) != stored:
+        raise CheckpointDamaged(f"{path} is damaged: its contents do not match the checksum written with them "
+                                "(a flipped bit or a torn copy)")
     shared = payload.pop(SHARED_STATE_KEY, None)
     if shared is not None:
         if not (path.parent / shared).is_file():
@@ -259,6 +272,48 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload["model_state"] = {**load_checkpoint(path.parent / shared, map_location)["model_state"],
                                   **payload["model_state"]}
     return payload
+
+
+def _read(path: Path, map_location) -> Any:
+    """``torch.load(weights_only=True)``, its errors turned into one line that names the file
+    (torch's own texts suggest setting weights_only=False, which phasenets never does)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain values: phasenets does not "
+                              "load them (unpickling them could run code)") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:  # torn zip, short read, bad record
+        reason = "it is truncated or is not a torch.save file" if "zip archive" in str(error) or isinstance(
+            error, (EOFError, OSError)) else "it is damaged"
+        raise CheckpointDamaged(f"{path} cannot be read: {reason}") from error
+
+
+def payload_checksum(payload: Any) -> int:
+    """A CRC32 over every tensor's bytes, dtype and shape and every plain value of ``payload``
+    (dicts in key order), so that a flipped bit anywhere in a checkpoint is noticed on load
+    (torch's zip reader does not check the CRCs it stores)."""
+    crc = 0
+
+    def visit(value: Any) -> None:
+        nonlocal crc
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().to("cpu").contiguous()
+            crc = zlib.crc32(f"T{tensor.dtype}{tuple(tensor.shape)}".encode(), crc)
+            crc = zlib.crc32(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()), crc)
+        elif isinstance(value, dict):
+            crc = zlib.crc32(f"D{len(value)}".encode(), crc)
+            for key in sorted(value, key=repr):
+                visit(key)
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            crc = zlib.crc32(f"{type(value).__name__[0]}{len(value)}".encode(), crc)
+            for item in value:
+                visit(item)
+        else:
+            crc = zlib.crc32(f"{type(value).__name__}:{value!r}".encode(), crc)
+
+    visit(payload)
+    return crc
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -18,13 +18,13 @@ from torch import nn
 from tqdm import tqdm
 
 from phasenets.train.batch_norm import reestimate_batch_norm
-from phasenets.train.checkpoint import Checkpoint, restore_rng_state
+from phasenets.train.checkpoint import restore_rng_state
 from phasenets.train.early_stopping import EarlyStopping
 from phasenets.train.metrics import MetricTracker, SplitMetrics, per_class_accuracy
 from phasenets.train.optim import build_lr_scheduler, build_optimizer
 from phasenets.train.plan import Phase
 from phasenets.train.results import PhaseResult, TrainResult
-from phasenets.train.setup import RunSetup
+from phasenets.train.setup import RunSetup, StartPoint
 
 __all__ = ["PhaseStage", "PhaseState", "evaluate", "run_phases", "train_phase"]
 
@@ -95,13 +95,13 @@ def run_phases(setup: RunSetup, started: float | None = None) -> TrainResult:
     for phase in setup.plan:
         if phase.index < start.phase:
             continue
-        resumed = start.checkpoint if start.mid_phase and phase.index == start.phase else None
+        resumed = start if start.mid_phase and phase.index == start.phase else None
         results.append(train_phase(setup, phase, results, resumed))
     return finish(setup, results, started)
 
 
 def train_phase(setup: RunSetup, phase: Phase, done: list[PhaseResult],
-                resumed: Checkpoint | None = None) -> PhaseResult:
+                resumed: StartPoint | None = None) -> PhaseResult:
     """Train one phase to its end and leave the network on the phase's best weights."""
     setup.dist.barrier()  # every rank is done with the previous phase
     state = start_phase(setup, phase, done)
@@ -163,14 +163,15 @@ def score_the_start(setup: RunSetup, state: PhaseState, done: list[PhaseResult])
                metrics.loss, metrics.accuracy)
 
 
-def resume_phase(setup: RunSetup, state: PhaseState, checkpoint: Checkpoint) -> None:
+def resume_phase(setup: RunSetup, state: PhaseState, start: StartPoint) -> None:
     """Put back the state of the phase as its last checkpoint saw it."""
+    checkpoint = start.checkpoint
     setup.model.load_state_dict(checkpoint.model_state)
     state.optimizer.load_state_dict(checkpoint.optimizer)
     state.scheduler.load_state_dict(checkpoint.scheduler)
     state.scaler.load_state_dict(checkpoint.scaler)
     state.stopper = EarlyStopping(**checkpoint.early_stopping)
-    state.best_state = Checkpoint.load(setup.run_dir.checkpoint(state.phase.index, "best")).model_state
+    state.best_state = start.best_state
     state.epoch = checkpoint.epoch
     state.global_epoch += checkpoint.epoch
     state.started -= checkpoint.seconds

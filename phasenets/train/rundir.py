@@ -107,10 +107,13 @@ class RunDirectory:
                  if (match := _PHASE_FILE.fullmatch(path.name))]
         return [path for _, path in sorted(found)]
 
-    def last_checkpoint(self) -> Path | None:
-        """Where ``--resume`` continues from: the latest phase's ``last`` checkpoint (None: none yet)."""
-        found = self.phase_checkpoints("last")
-        return found[-1] if found else None
+    def resume_candidates(self) -> list[Path]:
+        """Where ``--resume`` may continue from, newest first: each phase's ``last`` then ``best``
+        checkpoint, from the latest phase back (an earlier one serves where a newer is damaged)."""
+        phases = {int(match[1]) for path in self.checkpoints_dir.glob("phase*.pt")
+                  if (match := _PHASE_FILE.fullmatch(path.name))}
+        return [path for phase in sorted(phases, reverse=True) for kind in ("last", "best")
+                if (path := self.checkpoint(phase, kind)).is_file()]
 
     def trained_checkpoint(self) -> Path:
         """The network this run trained: ``final.pt``, else its latest phase's best."""

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from phasenets.data import DatasetSplits, Normalization, compute_normalization
-from phasenets.errors import ConfigError
+from phasenets._atomic import remove_stale_temporaries
+from phasenets.errors import CheckpointError, ConfigError
 from phasenets.train.checkpoint import Checkpoint, ModelRecord
 from phasenets.train.curriculum import plan_around_frozen, task_record, task_splits
 from phasenets.train.distributed import DistributedContext
@@ -53,6 +54,7 @@ class StartPoint:
     done: tuple[PhaseResult, ...] = ()  # the phases a resumed run has finished
     mid_phase: bool = False  # the checkpoint is an unfinished epoch loop of `phase`
     resumed: bool = False  # --resume (not --ckpt-dir)
+    best_state: dict[str, torch.Tensor] | None = None  # mid-phase: the phase's best weights so far
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def prepare_run(config: TrainConfig, model: nn.Module | None = None) -> RunSetup
     seed_everything(config.seed, config.deterministic)
     task = task_record(config)
     data = read_data(config, task, run_dir, dist)
-    start = find_start(config, run_dir)
+    start = find_start(config, run_dir, dist)
     model = build_network(config, data, start, model)
     frozen_blocks, transfer = reused_blocks(config, model, start, dist)
     model = model.to(dist.device)
@@ -202,22 +204,45 @@ def read_data(config: TrainConfig, task: dict | None, run_dir: RunDirectory, dis
     return apply_report(splits, dist.broadcast_object(report), config.on_bad_image)
 
 
-def find_start(config: TrainConfig, run_dir: RunDirectory) -> StartPoint:
+def find_start(config: TrainConfig, run_dir: RunDirectory, dist: DistributedContext) -> StartPoint:
     """From scratch, from ``--ckpt-dir`` weights at ``start_phase``, or from a resumed run."""
     if config.resume is not None:
-        last = run_dir.last_checkpoint()
-        if last is None:
-            return StartPoint(1, resumed=True)
-        checkpoint = Checkpoint.load(last)
-        done = tuple(PhaseResult(**result) for result in checkpoint.results)
-        if checkpoint.completed:
-            return StartPoint(checkpoint.phase + 1, checkpoint, done, resumed=True)
-        return StartPoint(checkpoint.phase, checkpoint, done, mid_phase=True, resumed=True)
+        return _resume_point(run_dir, dist)
     if config.ckpt_dir is not None:
         source = Path(config.ckpt_dir)
         path = source if source.is_file() else _checkpoints_folder(source).start_checkpoint(config.start_phase)
         return StartPoint(config.start_phase, Checkpoint.load(path))
     return StartPoint(1)
+
+
+def _resume_point(run_dir: RunDirectory, dist: DistributedContext) -> StartPoint:
+    """Where ``--resume`` continues: the newest checkpoint that reads back intact (a damaged one
+    is skipped with a warning, never trained on), after a phase's latest epoch if it can."""
+    if dist.is_main:
+        for stale in remove_stale_temporaries(run_dir.checkpoints_dir):
+            log.info("resume: removed %s, a checkpoint a killed process did not finish writing", stale.name)
+    candidates = run_dir.resume_candidates()
+    for path in candidates:
+        try:
+            checkpoint = Checkpoint.load(path)
+            # a phase continued mid-way also needs its best weights so far
+            best = None if checkpoint.completed else Checkpoint.load(run_dir.checkpoint(checkpoint.phase, "best"))
+        except CheckpointError as error:
+            if dist.is_main:
+                log.warning("resume: %s; trying the checkpoint before it", error)
+            continue
+        if path != candidates[0] and dist.is_main:
+            log.warning("resume: continuing from %s (phase %d, epoch %s), the newest checkpoint that is intact",
+                        path.name, checkpoint.phase, checkpoint.epoch)
+        done = tuple(PhaseResult(**result) for result in checkpoint.results)
+        if checkpoint.completed:
+            return StartPoint(checkpoint.phase + 1, checkpoint, done, resumed=True)
+        return StartPoint(checkpoint.phase, checkpoint, done, mid_phase=True, resumed=True,
+                          best_state=best.model_state)
+    if candidates:
+        raise CheckpointError(f"--resume {run_dir.path}: none of its {len(candidates)} checkpoints reads back intact "
+                              "(see the warnings above); start the run again with another --output")
+    return StartPoint(1, resumed=True)
 
 
 def _checkpoints_folder(path: Path) -> RunDirectory:

@@ -19,7 +19,7 @@ import torch
 
 from phasenets.models.blockwise import BlockwiseNet
 from phasenets.models.pretrained import LoadReport, load_pretrained, read_weights
-from phasenets.train.checkpoint import CheckpointError, load_checkpoint
+from phasenets.train.checkpoint import CheckpointDamaged, CheckpointError, load_checkpoint
 from phasenets.train.rundir import resolve_checkpoint
 
 __all__ = ["TransferReport", "init_from", "parse_blocks"]
@@ -120,6 +120,8 @@ def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if path.suffix != ".safetensors":
         try:
             payload = load_checkpoint(path)
+        except CheckpointDamaged:
+            raise  # a torn file, or a phasenets checkpoint with changed bytes: read as nothing else
         except CheckpointError:  # a plain weights file; read_weights says what is wrong if it is neither
             pass
         else:

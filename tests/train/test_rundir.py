@@ -29,7 +29,7 @@ def test_the_trained_checkpoint_is_final_else_the_latest_best(tmp_path):
     for name in ("phase2-best.pt", "phase10-best.pt", "phase3-last.pt", "phase11-shared.pt"):
         (run.checkpoints_dir / name).touch()
     assert resolve_checkpoint(tmp_path).name == "phase10-best.pt"  # by number, not by name
-    assert run.last_checkpoint().name == "phase3-last.pt"
+    assert [path.name for path in run.resume_candidates()] == ["phase10-best.pt", "phase3-last.pt", "phase2-best.pt"]
     run.final_checkpoint.touch()
     assert resolve_checkpoint(tmp_path) == run.final_checkpoint
     assert resolve_checkpoint(run.checkpoint(2, "best")) == run.checkpoint(2, "best")  # a file is itself
