@@ -13,6 +13,7 @@ import torch
 from phasenets.models import build_model
 from phasenets.models.pretrained import (
     LoadReport,
+    PartialLoadError,
     PretrainedError,
     classifier_keys,
     detect_source,
@@ -179,10 +180,15 @@ def test_phasenets_state_dict_with_heads():
 
 
 def test_torchvision_vgg16_at_a_small_size():
-    """At 32 px the first fully connected layer reads 512 features, not 512 x 7 x 7: reported."""
+    """At 32 px the first fully connected layer reads 512 features, not 512 x 7 x 7: refused, or reported."""
     weights = vgg16_state("torchvision", num_classes=10)
     model = build_model("vgg16", 10, image_size=32)
-    report = load_pretrained(model, weights)
+    before = model.state_dict()["blocks.0.0.weight"].clone()
+    with pytest.raises(PartialLoadError, match=r"(?s)2 of 32 tensors did not load \(block 5: 2 of 12\).*"
+                                               r"another image size.*load the 30 that fit.*allow_partial=True"):
+        load_pretrained(model, weights)
+    assert torch.equal(model.state_dict()["blocks.0.0.weight"], before)  # a refused load changes nothing
+    report = load_pretrained(model, weights, allow_partial=True)
     # the layer's bias fits, but is kept with its weight
     assert [(m[1], m[3]) for m in report.mismatched] == [("classifier.0.weight", (4096, 25088)),
                                                          ("classifier.0.bias", (4096,))]
@@ -206,20 +212,52 @@ def test_batch_norm_variant_must_match():
         load_pretrained(build_model("vgg16", 10, image_size=32, batch_norm=True), weights)
 
 
-def test_torchvision_alexnet_reports_the_variant():
-    shapes = {"features.0": (64, 3, 11, 11), "features.3": (192, 64, 5, 5), "features.6": (384, 192, 3, 3),
-              "features.8": (256, 384, 3, 3), "features.10": (256, 256, 3, 3), "classifier.1": (4096, 9216),
-              "classifier.4": (4096, 4096), "classifier.6": (1000, 4096)}
+TORCHVISION_ALEXNET = {"features.0": (64, 3, 11, 11), "features.3": (192, 64, 5, 5), "features.6": (384, 192, 3, 3),
+                       "features.8": (256, 384, 3, 3), "features.10": (256, 256, 3, 3), "classifier.1": (4096, 9216),
+                       "classifier.4": (4096, 4096), "classifier.6": (1000, 4096)}
+
+
+def torchvision_alexnet_state() -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        weights = {f"{name}.{leaf}": torch.empty(shape if leaf == "weight" else shape[:1])
-                   for name, shape in shapes.items() for leaf in ("weight", "bias")}
-        model = build_model("alexnet", 1000)
-    report = load_pretrained(model, weights)
-    assert len(report.mismatched) == 2 * 5  # every convolution: 96-256-384-384-256 here
-    assert report.loaded == [f"blocks.4.{i}.{leaf}" for i in (5, 8, 10) for leaf in ("weight", "bias")]
-    assert "one weird trick" in report.format()
+        return {f"{name}.{leaf}": torch.empty(shape if leaf == "weight" else shape[:1])
+                for name, shape in TORCHVISION_ALEXNET.items() for leaf in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("image_size,loaded", [(224, 6), (64, 4)])
+def test_torchvision_alexnet_into_the_2012_alexnet_is_refused(image_size, loaded):
+    weights = torchvision_alexnet_state()
+    with torch.device("meta"):
+        model = build_model("alexnet", 1000, image_size=image_size)
+    per_block = "block 1: 2 of 2, block 2: 2 of 2, block 3: 2 of 2, block 4: 2 of 2, block 5: "
+    with pytest.raises(PartialLoadError, match=rf"(?s){16 - loaded} of 16 tensors did not load \({per_block}"
+                                               rf"{8 - loaded} of 8\).*Build alexnet_tv instead.*"
+                                               rf"load the {loaded} that fit.*allow_partial=True"):
+        load_pretrained(model, weights)
+    report = load_pretrained(model, weights, allow_partial=True)
+    assert len(report.loaded) == loaded and len(report.not_loaded) == 16 - loaded
+    assert "one weird trick" in report.format() and "they fit alexnet_tv" in report.format()
     with pytest.raises(PretrainedError, match="do not line up"):
         load_pretrained(model, {k: v for k, v in weights.items() if not k.startswith("features.3")})
+
+
+@pytest.mark.parametrize("image_size", [224, 64])
+def test_torchvision_alexnet_loads_into_alexnet_tv(image_size):
+    with torch.device("meta"):
+        model = build_model("alexnet_tv", 1000, image_size=image_size)
+    assert sum(parameter.numel() for parameter in model.blocks.parameters()) == 61_100_840  # torchvision's count
+    assert [len(block) for block in model.blocks] == [3, 3, 2, 2, 12]  # conv1+pool | conv2+pool | 3 | 4 | 5+fc
+    report = load_pretrained(model, torchvision_alexnet_state(), strict=True)
+    assert len(report.loaded) == 16 and not report.notes
+
+
+def test_mismatches_are_listed_in_the_model_order():
+    """A layer's bias that fits but is kept with its weight is listed with it, not after every other layer."""
+    with torch.device("meta"):
+        source = build_model("alexnet", 10, in_channels=1, image_size=64).state_dict()
+        model = build_model("alexnet", 10, image_size=80)
+    report = load_pretrained(model, source, allow_partial=True)
+    assert [key for key, *_ in report.mismatched] == [
+        "blocks.0.0.weight", "blocks.0.0.bias", "blocks.4.5.weight", "blocks.4.5.bias"]
 
 
 def test_report_format_and_detection():
@@ -269,7 +307,7 @@ def test_timm_inception_v4_function_is_preserved():
     reference = timm.create_model("inception_v4", num_classes=7)
     _randomize_norms(reference)
     model = build_model("inception_v4", 7, image_size=99)
-    report = load_pretrained(model, reference.state_dict())
+    report = load_pretrained(model, reference.state_dict(), allow_partial=True)
     assert len(report.mismatched) == 2 + 7 * 4 and not report.missing and not report.unexpected
     own, theirs = model.state_dict(), reference.state_dict()
     with torch.no_grad():
