@@ -1,15 +1,21 @@
 """Loading torchvision, timm and phasenets weights into the model zoo.
 
 The state dicts here are written out from torchvision's and timm's own layer names and shapes,
-independently of the mapping under test. Where torchvision or timm are importable, the loaded
-networks are also checked to compute the same function as the originals.
+independently of the mapping under test. Every mapped architecture is checked to compute the same
+function as the real library's network on the logits recorded in tests/fixtures (see
+scripts/record_pretrained_reference.py); where torchvision or timm import, against them directly too.
 """
 
 from __future__ import annotations
 
+import importlib
+import math
+import sys
+
 import pytest
 import torch
 
+from fixtures.pretrained_reference import checksum, load_fixture, pseudo_random_state, reference_input
 from phasenets.models import build_model
 from phasenets.models.pretrained import (
     LoadReport,
@@ -268,7 +274,130 @@ def test_report_format_and_detection():
     assert detect_source({"blocks.0.0.weight": torch.zeros(1)}) == "phasenets"
 
 
-# ---- the same function as the original network (where torchvision / timm import) ---------------
+# ---- the same function as the real library's network: recorded logits ------------------------
+
+FIXTURE = load_fixture()
+# the phasenets model (and options) that takes each recorded architecture's weights
+PHASENETS_MODELS = {
+    ("torchvision", "resnet18"): ("resnet18", {}),
+    ("torchvision", "resnet50"): ("resnet50", {}),
+    ("torchvision", "vgg11"): ("vgg11", {}),
+    ("torchvision", "vgg11_bn"): ("vgg11", {"batch_norm": True}),
+    ("torchvision", "vgg16"): ("vgg16", {}),
+    ("torchvision", "vgg16_bn"): ("vgg16", {"batch_norm": True}),
+    ("torchvision", "alexnet"): ("alexnet_tv", {}),
+    ("timm", "resnet18"): ("resnet18", {}),
+    ("timm", "resnet50"): ("resnet50", {}),
+    ("timm", "vgg16"): ("vgg16", {}),
+    ("timm", "inception_v4"): ("inception_v4", {}),
+}
+# timm's Inception-v4 runs 1x7 before 7x1 where phasenets runs 7x1 first (Mixed4a's branch and each
+# Inception-B's longest branch): those 2 + 7 x 4 kernels cannot load
+INCEPTION_V4_MISMATCHES = 2 + 7 * 4
+
+
+def _case_id(case: dict) -> str:
+    return f"{case['library']}-{case['architecture']}-{case['image_size']}px"
+
+
+def recorded_case(library: str, architecture: str, image_size: int | None = None) -> dict:
+    return next(case for case in FIXTURE["cases"] if (case["library"], case["architecture"]) == (library, architecture)
+                and image_size in (None, case["image_size"]))
+
+
+def recorded_weights(case: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The state dict and input the case was recorded with; fails if torch no longer makes the same values."""
+    state = pseudo_random_state(case["tensors"])
+    images = reference_input(case["batch"], case["image_size"])
+    changed = [key for key, *_, recorded in case["tensors"] if not math.isclose(checksum(state[key]), recorded,
+                                                                                 rel_tol=1e-9, abs_tol=1e-9)]
+    if changed or not math.isclose(checksum(images), case["input_checksum"], rel_tol=1e-9):
+        pytest.fail(f"torch's random generator no longer makes the values recorded in the fixture ({changed[:3]}): "
+                    "rerun scripts/record_pretrained_reference.py")
+    return state, images
+
+
+def assert_recorded_logits(model, images: torch.Tensor, case: dict) -> None:
+    expected = torch.tensor(case["logits"])
+    with torch.no_grad():
+        logits = model.eval()(images)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_every_recorded_architecture_is_mapped():
+    recorded = {(case["library"], case["architecture"]) for case in FIXTURE["cases"]}
+    assert recorded == set(PHASENETS_MODELS)
+
+
+@pytest.mark.parametrize("case", FIXTURE["cases"], ids=_case_id)
+def test_recorded_logits_of_the_real_library(case):
+    state, images = recorded_weights(case)
+    name, options = PHASENETS_MODELS[case["library"], case["architecture"]]
+    with torch.device("meta"):  # every weight the logits use comes from the state dict
+        model = build_model(name, case["num_classes"], image_size=case["image_size"], **options)
+    model.to_empty(device="cpu")
+    if name != "inception_v4":
+        report = load_pretrained(model, state, strict=True)
+        assert len(report.loaded) == len(state)
+    else:
+        report = load_pretrained(model, state, allow_partial=True)
+        assert len(report.mismatched) == INCEPTION_V4_MISMATCHES and not report.missing and not report.unexpected
+        own = model.state_dict()
+        with torch.no_grad():  # the fixture's 1x7 and 7x1 kernels are their centre tap: the same 1x1 either way
+            for model_key, source_key, _, _ in report.mismatched:
+                own[model_key].copy_(state[source_key].reshape(own[model_key].shape))
+    assert_recorded_logits(model, images, case)
+
+
+def test_torchvision_weights_file_through_init_from(tmp_path):
+    from phasenets.train.transfer import init_from
+
+    case = recorded_case("torchvision", "alexnet", image_size=64)
+    state, images = recorded_weights(case)
+    torch.save(state, tmp_path / "alexnet.pth")
+    model = build_model("alexnet_tv", case["num_classes"], image_size=case["image_size"])
+    report = init_from(model, tmp_path / "alexnet.pth", freeze_reused=True)
+    assert report.frozen == [1, 2, 3, 4, 5] and report.weights.complete
+    assert_recorded_logits(model, images, case)
+
+
+# ---- the same function as the installed library's network (where torchvision / timm import) ----
+
+
+def import_or_skip(name: str):
+    """`pytest.importorskip`, but also skipping a library that is installed and fails to load.
+
+    A torchvision wheel built for another torch raises RuntimeError ("operator torchvision::nms
+    does not exist") on import, not ImportError.
+    """
+    try:
+        return importlib.import_module(name)
+    except Exception as error:
+        pytest.skip(f"{name} does not import: {type(error).__name__}: {error}")
+
+
+def test_a_library_that_fails_to_load_is_skipped(tmp_path, monkeypatch):
+    (tmp_path / "torchvision").mkdir()
+    (tmp_path / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="torchvision does not import: RuntimeError"):
+        test_torchvision_function_is_preserved("resnet18", 64)
+
+
+@pytest.mark.parametrize("case", FIXTURE["cases"], ids=_case_id)
+def test_fixture_keys_match_the_installed_library(case):
+    library = import_or_skip(case["library"])
+    with torch.device("meta"):
+        if case["library"] == "torchvision":
+            reference = getattr(library.models, case["architecture"])(num_classes=case["num_classes"])
+        else:
+            reference = library.create_model(case["architecture"], pretrained=False, num_classes=case["num_classes"])
+    installed = [[key, list(value.shape)] for key, value in reference.state_dict().items()]
+    assert installed == [tensor[:2] for tensor in case["tensors"]], (
+        f"{case['library']} {library.__version__} lays out {case['architecture']} otherwise than the fixture "
+        f"(recorded with {FIXTURE['recorded_with']}): rerun scripts/record_pretrained_reference.py")
 
 
 def _randomize_norms(module):
@@ -290,7 +419,7 @@ def _same_outputs(model, reference, size):
 
 @pytest.mark.parametrize("name,size", [("resnet18", 64), ("vgg16", 32)])
 def test_torchvision_function_is_preserved(name, size):
-    torchvision = pytest.importorskip("torchvision")
+    torchvision = import_or_skip("torchvision")
     reference = getattr(torchvision.models, name)(num_classes=7)
     if name == "vgg16":  # torchvision pools to 7x7 first; phasenets reads the 1x1 map at 32 px
         reference.avgpool = torch.nn.AdaptiveAvgPool2d(1)
@@ -303,12 +432,12 @@ def test_torchvision_function_is_preserved(name, size):
 
 def test_timm_inception_v4_function_is_preserved():
     """Mismatched 1x7/7x1 pairs are reduced to their centre tap on both sides (then they agree)."""
-    timm = pytest.importorskip("timm")
+    timm = import_or_skip("timm")
     reference = timm.create_model("inception_v4", num_classes=7)
     _randomize_norms(reference)
     model = build_model("inception_v4", 7, image_size=99)
     report = load_pretrained(model, reference.state_dict(), allow_partial=True)
-    assert len(report.mismatched) == 2 + 7 * 4 and not report.missing and not report.unexpected
+    assert len(report.mismatched) == INCEPTION_V4_MISMATCHES and not report.missing and not report.unexpected
     own, theirs = model.state_dict(), reference.state_dict()
     with torch.no_grad():
         for model_key, source_key, _, _ in report.mismatched:
