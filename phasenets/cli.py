@@ -236,6 +236,9 @@ def _add_export(commands) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="output file [default: next to the checkpoint]")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="do not run the exported file against the checkpoint's network")
+    parser.add_argument("--include-aux-heads", action="store_true",
+                        help="safetensors: keep the auxiliary heads' weights (the full training state) "
+                             "[default: the inference network only]")
     return parser
 
 
@@ -243,7 +246,8 @@ def _run_export(args: argparse.Namespace) -> int:
     from phasenets.export import export_checkpoint
     from phasenets.train.rundir import resolve_checkpoint
 
-    result = export_checkpoint(resolve_checkpoint(args.checkpoint), args.format, args.out, verify=args.verify)
+    result = export_checkpoint(resolve_checkpoint(args.checkpoint), args.format, args.out, verify=args.verify,
+                               include_aux_heads=args.include_aux_heads)
     check = ("" if result.max_abs_diff is None else
              f"; largest difference from the checkpoint's logits {result.max_abs_diff:.2g} ({result.verified_with})")
     print(f"wrote {result.path} ({result.format}){check}")

@@ -121,6 +121,10 @@ class TrainConfig:
     )
     reuse_blocks: str | None = _option(None, "blocks --init-from copies: 1-3, 1,2,4 or all [default: all]")
     freeze_reused: bool = _option(False, "keep the blocks copied by --init-from frozen in every phase")
+    allow_partial: bool = _option(
+        False, "let --init-from load a weights file that only partly fits the model: the tensors that do not "
+        "fit keep their random initialization and train (refused by default)"
+    )
     hierarchy: str | None = _option(
         None, "class-hierarchy YAML (superclass: [classes]): train on its groups instead of the class folders"
     )
@@ -250,8 +254,10 @@ class TrainConfig:
         _check(self.init_from is None or self.ckpt_dir is None,
                "init_from and ckpt_dir both give starting weights: --ckpt-dir continues the same task at "
                "--start-phase, --init-from starts a new task from an earlier one's blocks; give one")
-        _check(self.init_from is not None or (self.reuse_blocks is None and not self.freeze_reused),
-               "reuse_blocks and freeze_reused choose among the blocks of --init-from: give --init-from too")
+        _check(self.init_from is not None or (self.reuse_blocks is None and not self.freeze_reused
+                                              and not self.allow_partial),
+               "reuse_blocks, freeze_reused and allow_partial choose among the blocks of --init-from: "
+               "give --init-from too")
         _check(self.hierarchy is not None or (self.hierarchy_level is None and self.hierarchy_within is None),
                "hierarchy_level and hierarchy_within need --hierarchy FILE")
         _check(self.hierarchy_level is None or self.hierarchy_level >= 1,

@@ -9,11 +9,13 @@ normalized) to ``logits [N, num_classes]``.
 - ``onnx``: opset `ONNX_OPSET` (18), through ``torch.onnx.export``'s dynamo exporter (needs the
   ``onnx`` and ``onnxscript`` packages). The batch dimension is dynamic (named ``batch``); the
   channels and image size are fixed. This is the route to edge accelerators (TensorRT, OpenVINO,
-  ONNX Runtime).
+  ONNX Runtime). The exporter's own progress messages and warnings are kept off the console.
 - ``torchscript``: ``torch.jit.trace`` of the network in eval mode; any batch size works. Recent
   torch marks TorchScript deprecated (its own warnings are silenced here, since the format was
   asked for by name); ONNX is the format to prefer for new deployments.
-- ``safetensors``: the state dict; `load_safetensors_model` rebuilds the network from it.
+- ``safetensors``: the state dict; `load_safetensors_model` rebuilds the network from it. By
+  default only what inference runs: the blocks, without the auxiliary heads that only phase-wise
+  training uses (``include_aux_heads=True`` keeps them, to go on training from the file).
 
 Files are written under a temporary name and renamed, so a crash never leaves half a file. With
 ``verify=True`` the exported file is loaded back and run against the checkpoint's network on a
@@ -23,7 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import io
 import json
+import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +48,9 @@ ONNX_OPSET = 18
 METADATA_KEY = "phasenets"
 _SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 _VERIFY_BATCH = 3  # not 1 or 2, so a batch size baked into the export would show
+# loggers that report the ONNX exporter's passes ("No unused functions to remove", ...) at INFO
+_ONNX_EXPORT_LOGGERS = ("torch.onnx", "torch.export", "onnx_ir", "onnxscript")
+_AUX_HEADS_PREFIX = "heads."
 
 
 @dataclass
@@ -61,11 +70,13 @@ def export_checkpoint(
     *,
     verify: bool = True,
     atol: float = 1e-4,
+    include_aux_heads: bool = False,
 ) -> ExportResult:
     """Write the network of ``checkpoint`` in ``format`` to ``out`` (default: next to the checkpoint).
 
     With ``verify``, raise `RuntimeError` when the exported network's logits differ from the
-    checkpoint's by more than ``atol`` on a random batch.
+    checkpoint's by more than ``atol`` on a random batch. ``include_aux_heads``: safetensors only,
+    keep the auxiliary heads' weights (the full training state) instead of the inference network.
     """
     from phasenets.train.evaluate import load_trained_model
 
@@ -76,9 +87,15 @@ def export_checkpoint(
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + _SUFFIXES[format])
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = json.dumps(_metadata(model, trained))
-    writer = {"onnx": _write_onnx, "torchscript": _write_torchscript, "safetensors": _write_safetensors}[format]
-    write_atomically(out, lambda path: writer(model, path, metadata))
+    if include_aux_heads and format != "safetensors":
+        raise ValueError(f"include_aux_heads applies to safetensors exports; a {format} export holds the "
+                         "inference network only")
+    metadata = _metadata(model, trained)
+    if format == "safetensors":
+        metadata["aux_heads"] = include_aux_heads
+    writer = {"onnx": _write_onnx, "torchscript": _write_torchscript,
+              "safetensors": functools.partial(_write_safetensors, aux_heads=include_aux_heads)}[format]
+    write_atomically(out, lambda path: writer(model, path, json.dumps(metadata)))
     result = ExportResult(out, format)
     if verify:
         result.max_abs_diff, result.verified_with = _verify(model, out, format)
@@ -89,7 +106,11 @@ def export_checkpoint(
 
 
 def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network saved by ``export_checkpoint(..., "safetensors")``; returns (model, metadata)."""
+    """Rebuild the network saved by ``export_checkpoint(..., "safetensors")``; returns (model, metadata).
+
+    From an inference export (the default, ``metadata["aux_heads"]`` false) the auxiliary heads
+    are freshly initialized: the network's output does not use them.
+    """
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -99,8 +120,14 @@ def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]
         raise ValueError(f"{path} was not exported by phasenets (no {METADATA_KEY!r} metadata); load its tensors "
                          "with phasenets.models.pretrained.load_pretrained into a model you build")
     metadata = json.loads(header[METADATA_KEY])
-    model = ModelRecord(**metadata["model"]).build()
-    model.load_state_dict(state)
+    record = ModelRecord(**metadata["model"])
+    model = record.build()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    expected_missing = [] if metadata.get("aux_heads", True) else [
+        key for key in model.state_dict() if key.startswith(_AUX_HEADS_PREFIX)]
+    if unexpected or sorted(missing) != sorted(expected_missing):
+        raise ValueError(f"{path} does not fit the {record.name} it describes: missing "
+                         f"{sorted(set(missing) - set(expected_missing))}, unexpected {unexpected}")
     return model.eval(), metadata
 
 
@@ -124,13 +151,38 @@ def _example(model: nn.Module) -> torch.Tensor:
 def _write_onnx(model: nn.Module, path: Path, metadata: str) -> None:
     import onnx
 
-    program = torch.onnx.export(
-        model, (_example(model),), input_names=["images"], output_names=["logits"], opset_version=ONNX_OPSET,
-        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False, report=False,
-    )
+    with _exporter_output_captured():
+        program = torch.onnx.export(
+            model, (_example(model),), input_names=["images"], output_names=["logits"], opset_version=ONNX_OPSET,
+            dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False, report=False,
+        )
     proto = program.model_proto
     proto.metadata_props.add(key=METADATA_KEY, value=metadata)
     onnx.save(proto, str(path))
+
+
+@contextlib.contextmanager
+def _exporter_output_captured():
+    """Keep the exporter's chatter (its loggers, warnings and prints) off the console, unless it fails.
+
+    ``verbose=False`` does not cover it: the exporter's passes log at INFO, which the CLI shows.
+    """
+    captured = io.StringIO()
+    loggers = [logging.getLogger(name) for name in _ONNX_EXPORT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue())  # what the exporter said helps explain its failure
+        raise
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _write_torchscript(model: nn.Module, path: Path, metadata: str) -> None:
@@ -146,10 +198,11 @@ def _torchscript_deprecation_silenced():
         yield
 
 
-def _write_safetensors(model: nn.Module, path: Path, metadata: str) -> None:
+def _write_safetensors(model: nn.Module, path: Path, metadata: str, aux_heads: bool) -> None:
     from safetensors.torch import save_file
 
-    state = {key: value.contiguous() for key, value in model.state_dict().items()}
+    state = {key: value.contiguous() for key, value in model.state_dict().items()
+             if aux_heads or not key.startswith(_AUX_HEADS_PREFIX)}
     save_file(state, str(path), metadata={METADATA_KEY: metadata})
 
 

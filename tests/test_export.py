@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import pytest
@@ -61,6 +62,18 @@ def test_onnx_round_trip(lenet_checkpoint, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary file left
 
 
+def test_onnx_export_keeps_the_exporter_quiet(lenet_checkpoint, tmp_path, caplog, capfd):
+    """The CLI logs at INFO: the exporter's passes ("No unused functions to remove", ...) must not show."""
+    pytest.importorskip("onnxruntime")
+    levels = {name: logging.getLogger(name).level for name in ("onnx_ir", "onnxscript", "torch.onnx")}
+    caplog.set_level(logging.INFO)
+    export_checkpoint(lenet_checkpoint, "onnx", tmp_path / "model.onnx")
+    assert [record.getMessage() for record in caplog.records if record.name.startswith(("onnx", "torch"))] == []
+    out, err = capfd.readouterr()
+    assert "No unused functions" not in out + err and "torchvision is not installed" not in out + err
+    assert {name: logging.getLogger(name).level for name in levels} == levels  # the loggers are as they were
+
+
 def test_onnx_without_onnxruntime(lenet_checkpoint, tmp_path, monkeypatch):
     pytest.importorskip("onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now fails
@@ -87,14 +100,28 @@ def test_torchscript_round_trip(lenet_checkpoint, tmp_path):
 
 
 def test_safetensors_round_trip(lenet_checkpoint):
-    pytest.importorskip("safetensors")
+    safetensors = pytest.importorskip("safetensors.torch")
     result = export_checkpoint(lenet_checkpoint, "safetensors")
     assert result.path == lenet_checkpoint.with_name("final.safetensors")
+    assert all(key.startswith("blocks.") for key in safetensors.load_file(result.path))  # inference only
     model, metadata = load_safetensors_model(result.path)
-    assert metadata["classes"] == CLASSES and metadata["input_shape"] == [1, 16, 16]
+    assert metadata["classes"] == CLASSES and metadata["input_shape"] == [1, 16, 16] and not metadata["aux_heads"]
     images, expected = _reference(lenet_checkpoint, batch=4)
     with torch.no_grad():
         torch.testing.assert_close(model(images), expected)
+
+
+def test_safetensors_with_the_auxiliary_heads(lenet_checkpoint, tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    result = export_checkpoint(lenet_checkpoint, "safetensors", tmp_path / "full.safetensors", include_aux_heads=True)
+    trained, _ = load_trained_model(lenet_checkpoint)
+    assert safetensors.load_file(result.path).keys() == trained.state_dict().keys()
+    model, metadata = load_safetensors_model(result.path)
+    assert metadata["aux_heads"]
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="include_aux_heads applies to safetensors exports"):
+        export_checkpoint(lenet_checkpoint, "onnx", tmp_path / "model.onnx", include_aux_heads=True)
 
 
 def test_bad_requests(lenet_checkpoint, tmp_path):

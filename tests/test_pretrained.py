@@ -1,18 +1,25 @@
 """Loading torchvision, timm and phasenets weights into the model zoo.
 
 The state dicts here are written out from torchvision's and timm's own layer names and shapes,
-independently of the mapping under test. Where torchvision or timm are importable, the loaded
-networks are also checked to compute the same function as the originals.
+independently of the mapping under test. Every mapped architecture is checked to compute the same
+function as the real library's network on the logits recorded in tests/fixtures (see
+scripts/record_pretrained_reference.py); where torchvision or timm import, against them directly too.
 """
 
 from __future__ import annotations
 
+import importlib
+import math
+import sys
+
 import pytest
 import torch
 
+from fixtures.pretrained_reference import checksum, load_fixture, pseudo_random_state, reference_input
 from phasenets.models import build_model
 from phasenets.models.pretrained import (
     LoadReport,
+    PartialLoadError,
     PretrainedError,
     classifier_keys,
     detect_source,
@@ -179,10 +186,15 @@ def test_phasenets_state_dict_with_heads():
 
 
 def test_torchvision_vgg16_at_a_small_size():
-    """At 32 px the first fully connected layer reads 512 features, not 512 x 7 x 7: reported."""
+    """At 32 px the first fully connected layer reads 512 features, not 512 x 7 x 7: refused, or reported."""
     weights = vgg16_state("torchvision", num_classes=10)
     model = build_model("vgg16", 10, image_size=32)
-    report = load_pretrained(model, weights)
+    before = model.state_dict()["blocks.0.0.weight"].clone()
+    with pytest.raises(PartialLoadError, match=r"(?s)2 of 32 tensors did not load \(block 5: 2 of 12\).*"
+                                               r"another image size.*load the 30 that fit.*allow_partial=True"):
+        load_pretrained(model, weights)
+    assert torch.equal(model.state_dict()["blocks.0.0.weight"], before)  # a refused load changes nothing
+    report = load_pretrained(model, weights, allow_partial=True)
     # the layer's bias fits, but is kept with its weight
     assert [(m[1], m[3]) for m in report.mismatched] == [("classifier.0.weight", (4096, 25088)),
                                                          ("classifier.0.bias", (4096,))]
@@ -206,20 +218,52 @@ def test_batch_norm_variant_must_match():
         load_pretrained(build_model("vgg16", 10, image_size=32, batch_norm=True), weights)
 
 
-def test_torchvision_alexnet_reports_the_variant():
-    shapes = {"features.0": (64, 3, 11, 11), "features.3": (192, 64, 5, 5), "features.6": (384, 192, 3, 3),
-              "features.8": (256, 384, 3, 3), "features.10": (256, 256, 3, 3), "classifier.1": (4096, 9216),
-              "classifier.4": (4096, 4096), "classifier.6": (1000, 4096)}
+TORCHVISION_ALEXNET = {"features.0": (64, 3, 11, 11), "features.3": (192, 64, 5, 5), "features.6": (384, 192, 3, 3),
+                       "features.8": (256, 384, 3, 3), "features.10": (256, 256, 3, 3), "classifier.1": (4096, 9216),
+                       "classifier.4": (4096, 4096), "classifier.6": (1000, 4096)}
+
+
+def torchvision_alexnet_state() -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        weights = {f"{name}.{leaf}": torch.empty(shape if leaf == "weight" else shape[:1])
-                   for name, shape in shapes.items() for leaf in ("weight", "bias")}
-        model = build_model("alexnet", 1000)
-    report = load_pretrained(model, weights)
-    assert len(report.mismatched) == 2 * 5  # every convolution: 96-256-384-384-256 here
-    assert report.loaded == [f"blocks.4.{i}.{leaf}" for i in (5, 8, 10) for leaf in ("weight", "bias")]
-    assert "one weird trick" in report.format()
+        return {f"{name}.{leaf}": torch.empty(shape if leaf == "weight" else shape[:1])
+                for name, shape in TORCHVISION_ALEXNET.items() for leaf in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("image_size,loaded", [(224, 6), (64, 4)])
+def test_torchvision_alexnet_into_the_2012_alexnet_is_refused(image_size, loaded):
+    weights = torchvision_alexnet_state()
+    with torch.device("meta"):
+        model = build_model("alexnet", 1000, image_size=image_size)
+    per_block = "block 1: 2 of 2, block 2: 2 of 2, block 3: 2 of 2, block 4: 2 of 2, block 5: "
+    with pytest.raises(PartialLoadError, match=rf"(?s){16 - loaded} of 16 tensors did not load \({per_block}"
+                                               rf"{8 - loaded} of 8\).*Build alexnet_tv instead.*"
+                                               rf"load the {loaded} that fit.*allow_partial=True"):
+        load_pretrained(model, weights)
+    report = load_pretrained(model, weights, allow_partial=True)
+    assert len(report.loaded) == loaded and len(report.not_loaded) == 16 - loaded
+    assert "one weird trick" in report.format() and "they fit alexnet_tv" in report.format()
     with pytest.raises(PretrainedError, match="do not line up"):
         load_pretrained(model, {k: v for k, v in weights.items() if not k.startswith("features.3")})
+
+
+@pytest.mark.parametrize("image_size", [224, 64])
+def test_torchvision_alexnet_loads_into_alexnet_tv(image_size):
+    with torch.device("meta"):
+        model = build_model("alexnet_tv", 1000, image_size=image_size)
+    assert sum(parameter.numel() for parameter in model.blocks.parameters()) == 61_100_840  # torchvision's count
+    assert [len(block) for block in model.blocks] == [3, 3, 2, 2, 12]  # conv1+pool | conv2+pool | 3 | 4 | 5+fc
+    report = load_pretrained(model, torchvision_alexnet_state(), strict=True)
+    assert len(report.loaded) == 16 and not report.notes
+
+
+def test_mismatches_are_listed_in_the_model_order():
+    """A layer's bias that fits but is kept with its weight is listed with it, not after every other layer."""
+    with torch.device("meta"):
+        source = build_model("alexnet", 10, in_channels=1, image_size=64).state_dict()
+        model = build_model("alexnet", 10, image_size=80)
+    report = load_pretrained(model, source, allow_partial=True)
+    assert [key for key, *_ in report.mismatched] == [
+        "blocks.0.0.weight", "blocks.0.0.bias", "blocks.4.5.weight", "blocks.4.5.bias"]
 
 
 def test_report_format_and_detection():
@@ -230,7 +274,130 @@ def test_report_format_and_detection():
     assert detect_source({"blocks.0.0.weight": torch.zeros(1)}) == "phasenets"
 
 
-# ---- the same function as the original network (where torchvision / timm import) ---------------
+# ---- the same function as the real library's network: recorded logits ------------------------
+
+FIXTURE = load_fixture()
+# the phasenets model (and options) that takes each recorded architecture's weights
+PHASENETS_MODELS = {
+    ("torchvision", "resnet18"): ("resnet18", {}),
+    ("torchvision", "resnet50"): ("resnet50", {}),
+    ("torchvision", "vgg11"): ("vgg11", {}),
+    ("torchvision", "vgg11_bn"): ("vgg11", {"batch_norm": True}),
+    ("torchvision", "vgg16"): ("vgg16", {}),
+    ("torchvision", "vgg16_bn"): ("vgg16", {"batch_norm": True}),
+    ("torchvision", "alexnet"): ("alexnet_tv", {}),
+    ("timm", "resnet18"): ("resnet18", {}),
+    ("timm", "resnet50"): ("resnet50", {}),
+    ("timm", "vgg16"): ("vgg16", {}),
+    ("timm", "inception_v4"): ("inception_v4", {}),
+}
+# timm's Inception-v4 runs 1x7 before 7x1 where phasenets runs 7x1 first (Mixed4a's branch and each
+# Inception-B's longest branch): those 2 + 7 x 4 kernels cannot load
+INCEPTION_V4_MISMATCHES = 2 + 7 * 4
+
+
+def _case_id(case: dict) -> str:
+    return f"{case['library']}-{case['architecture']}-{case['image_size']}px"
+
+
+def recorded_case(library: str, architecture: str, image_size: int | None = None) -> dict:
+    return next(case for case in FIXTURE["cases"] if (case["library"], case["architecture"]) == (library, architecture)
+                and image_size in (None, case["image_size"]))
+
+
+def recorded_weights(case: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The state dict and input the case was recorded with; fails if torch no longer makes the same values."""
+    state = pseudo_random_state(case["tensors"])
+    images = reference_input(case["batch"], case["image_size"])
+    changed = [key for key, *_, recorded in case["tensors"] if not math.isclose(checksum(state[key]), recorded,
+                                                                                 rel_tol=1e-9, abs_tol=1e-9)]
+    if changed or not math.isclose(checksum(images), case["input_checksum"], rel_tol=1e-9):
+        pytest.fail(f"torch's random generator no longer makes the values recorded in the fixture ({changed[:3]}): "
+                    "rerun scripts/record_pretrained_reference.py")
+    return state, images
+
+
+def assert_recorded_logits(model, images: torch.Tensor, case: dict) -> None:
+    expected = torch.tensor(case["logits"])
+    with torch.no_grad():
+        logits = model.eval()(images)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_every_recorded_architecture_is_mapped():
+    recorded = {(case["library"], case["architecture"]) for case in FIXTURE["cases"]}
+    assert recorded == set(PHASENETS_MODELS)
+
+
+@pytest.mark.parametrize("case", FIXTURE["cases"], ids=_case_id)
+def test_recorded_logits_of_the_real_library(case):
+    state, images = recorded_weights(case)
+    name, options = PHASENETS_MODELS[case["library"], case["architecture"]]
+    with torch.device("meta"):  # every weight the logits use comes from the state dict
+        model = build_model(name, case["num_classes"], image_size=case["image_size"], **options)
+    model.to_empty(device="cpu")
+    if name != "inception_v4":
+        report = load_pretrained(model, state, strict=True)
+        assert len(report.loaded) == len(state)
+    else:
+        report = load_pretrained(model, state, allow_partial=True)
+        assert len(report.mismatched) == INCEPTION_V4_MISMATCHES and not report.missing and not report.unexpected
+        own = model.state_dict()
+        with torch.no_grad():  # the fixture's 1x7 and 7x1 kernels are their centre tap: the same 1x1 either way
+            for model_key, source_key, _, _ in report.mismatched:
+                own[model_key].copy_(state[source_key].reshape(own[model_key].shape))
+    assert_recorded_logits(model, images, case)
+
+
+def test_torchvision_weights_file_through_init_from(tmp_path):
+    from phasenets.train.transfer import init_from
+
+    case = recorded_case("torchvision", "alexnet", image_size=64)
+    state, images = recorded_weights(case)
+    torch.save(state, tmp_path / "alexnet.pth")
+    model = build_model("alexnet_tv", case["num_classes"], image_size=case["image_size"])
+    report = init_from(model, tmp_path / "alexnet.pth", freeze_reused=True)
+    assert report.frozen == [1, 2, 3, 4, 5] and report.weights.complete
+    assert_recorded_logits(model, images, case)
+
+
+# ---- the same function as the installed library's network (where torchvision / timm import) ----
+
+
+def import_or_skip(name: str):
+    """`pytest.importorskip`, but also skipping a library that is installed and fails to load.
+
+    A torchvision wheel built for another torch raises RuntimeError ("operator torchvision::nms
+    does not exist") on import, not ImportError.
+    """
+    try:
+        return importlib.import_module(name)
+    except Exception as error:
+        pytest.skip(f"{name} does not import: {type(error).__name__}: {error}")
+
+
+def test_a_library_that_fails_to_load_is_skipped(tmp_path, monkeypatch):
+    (tmp_path / "torchvision").mkdir()
+    (tmp_path / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="torchvision does not import: RuntimeError"):
+        test_torchvision_function_is_preserved("resnet18", 64)
+
+
+@pytest.mark.parametrize("case", FIXTURE["cases"], ids=_case_id)
+def test_fixture_keys_match_the_installed_library(case):
+    library = import_or_skip(case["library"])
+    with torch.device("meta"):
+        if case["library"] == "torchvision":
+            reference = getattr(library.models, case["architecture"])(num_classes=case["num_classes"])
+        else:
+            reference = library.create_model(case["architecture"], pretrained=False, num_classes=case["num_classes"])
+    installed = [[key, list(value.shape)] for key, value in reference.state_dict().items()]
+    assert installed == [tensor[:2] for tensor in case["tensors"]], (
+        f"{case['library']} {library.__version__} lays out {case['architecture']} otherwise than the fixture "
+        f"(recorded with {FIXTURE['recorded_with']}): rerun scripts/record_pretrained_reference.py")
 
 
 def _randomize_norms(module):
@@ -252,7 +419,7 @@ def _same_outputs(model, reference, size):
 
 @pytest.mark.parametrize("name,size", [("resnet18", 64), ("vgg16", 32)])
 def test_torchvision_function_is_preserved(name, size):
-    torchvision = pytest.importorskip("torchvision")
+    torchvision = import_or_skip("torchvision")
     reference = getattr(torchvision.models, name)(num_classes=7)
     if name == "vgg16":  # torchvision pools to 7x7 first; phasenets reads the 1x1 map at 32 px
         reference.avgpool = torch.nn.AdaptiveAvgPool2d(1)
@@ -265,12 +432,12 @@ def test_torchvision_function_is_preserved(name, size):
 
 def test_timm_inception_v4_function_is_preserved():
     """Mismatched 1x7/7x1 pairs are reduced to their centre tap on both sides (then they agree)."""
-    timm = pytest.importorskip("timm")
+    timm = import_or_skip("timm")
     reference = timm.create_model("inception_v4", num_classes=7)
     _randomize_norms(reference)
     model = build_model("inception_v4", 7, image_size=99)
-    report = load_pretrained(model, reference.state_dict())
-    assert len(report.mismatched) == 2 + 7 * 4 and not report.missing and not report.unexpected
+    report = load_pretrained(model, reference.state_dict(), allow_partial=True)
+    assert len(report.mismatched) == INCEPTION_V4_MISMATCHES and not report.missing and not report.unexpected
     own, theirs = model.state_dict(), reference.state_dict()
     with torch.no_grad():
         for model_key, source_key, _, _ in report.mismatched:

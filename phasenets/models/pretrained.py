@@ -9,7 +9,8 @@ Key layouts (``source=``), detected from the key names when ``"auto"``:
 
 - ``phasenets``: this library's own names (``blocks.<k>.…``, ``heads.<k>.…``).
 - ``torchvision``: ``resnet18``/``resnet50`` (``conv1``, ``layer1.0.conv1``, ``fc``), ``vgg16`` (and
-  ``vgg11``, with or without batch norm: ``features.N``, ``classifier.N``) and ``alexnet``.
+  ``vgg11``, with or without batch norm: ``features.N``, ``classifier.N``) and ``alexnet`` (into
+  ``alexnet_tv``, which has its layer widths).
 - ``timm``: ``resnet18``/``resnet50`` (torchvision's names), ``vgg16`` (``pre_logits.fc1`` is a 7x7
   convolution, loaded as the first fully connected layer at 224 px) and ``inception_v4``.
 
@@ -18,8 +19,13 @@ shared layer names, VGG and AlexNet by the order of their learned layers, Incept
 of its mixed blocks. phasenets' Inception-v4 concatenates the pooling branch first where timm puts
 it last, so the input channels of every layer after a mixed block are permuted to keep the
 network's function. What cannot be loaded is reported (`LoadReport`) rather than guessed:
-torchvision's AlexNet is the 64-192-384-256-256 variant, whose convolutions do not fit the 2012
-network built here, and timm's Inception-v4 orders some 1x7/7x1 convolution pairs the other way.
+torchvision's AlexNet loaded into the 2012 ``alexnet`` fits only its fully connected layers, and
+timm's Inception-v4 orders some 1x7/7x1 convolution pairs the other way.
+
+A load that would leave tensors in scope at their random initialization (missing, or of another
+shape) is refused with `PartialLoadError` unless ``allow_partial=True``: a network that is only
+partly pretrained is rarely what its user meant. The classifier skipped for another number of
+classes is not counted: leaving it alone is the point.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from phasenets.models.blockwise import BlockwiseNet
 __all__ = [
     "SOURCES",
     "LoadReport",
+    "PartialLoadError",
     "PretrainedError",
     "classifier_keys",
     "convert_state_dict",
@@ -49,10 +56,17 @@ SOURCES = ("auto", "phasenets", "torchvision", "timm")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _NESTED_STATE_KEYS = ("model_state", "state_dict", "model")
 _SHOWN = 5  # keys quoted in an error message
+_BATCH_COUNTER = "num_batches_tracked"
+# a source's model that does not fit one of ours, and the registered model that has its layers
+_EXACT_FITS = {("torchvision", "alexnet"): "alexnet_tv"}
 
 
 class PretrainedError(ValueError):
     """Weights cannot be read, or do not fit the model; the message says what was found."""
+
+
+class PartialLoadError(PretrainedError):
+    """Some tensors in scope would not load (``allow_partial=False``); the message says which, per block."""
 
 
 @dataclass
@@ -78,6 +92,15 @@ class LoadReport:
     def complete(self) -> bool:
         """Every key in scope was loaded (skipped classifier keys aside) and nothing was left over."""
         return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def not_loaded(self) -> list[str]:
+        """Model keys in scope left as initialized, not on purpose: the missing and mismatched ones.
+
+        Batch-norm ``num_batches_tracked`` counters aside: they count batches, no weight depends on them.
+        """
+        keys = self.missing + [key for key, *_ in self.mismatched]
+        return [key for key in keys if not key.endswith(_BATCH_COUNTER)]
 
     def format(self, limit: int = 10) -> str:
         """A readable summary; at most ``limit`` keys of each kind are listed."""
@@ -259,9 +282,10 @@ def _sequential_converter(model: BlockwiseNet, state_dict: Mapping[str, torch.Te
                 value = value.reshape(value.shape[0], -1)
             converted[f"{target}.{leaf}"] = (f"{name}.{leaf}", value)
     notes = []
-    if model.name == "alexnet" and source == "torchvision":
+    if (source, model.name) == ("torchvision", "alexnet"):
         notes.append("torchvision's alexnet is the 64-192-384-256-256 'one weird trick' variant without "
-                     "local response normalization; its convolutions do not fit phasenets' 2012 alexnet")
+                     "local response normalization; its convolutions do not fit phasenets' 2012 alexnet, "
+                     f"they fit {_EXACT_FITS[source, model.name]}")
     return converted, unexpected, notes
 
 
@@ -399,6 +423,7 @@ _CONVERTERS = {
     "vgg11": _sequential_converter,
     "vgg16": _sequential_converter,
     "alexnet": _sequential_converter,
+    "alexnet_tv": _sequential_converter,
     "inception_v4": _inception_converter,
 }
 
@@ -426,6 +451,7 @@ def load_pretrained(
     heads: bool = False,
     skip_classifier: bool | None = None,
     strict: bool = False,
+    allow_partial: bool = False,
 ) -> LoadReport:
     """Copy weights from a file (or a state dict) into ``model`` in place; return what was done.
 
@@ -439,6 +465,9 @@ def load_pretrained(
             (another number of classes); ``True``: always; ``False``: never (a different shape is
             then a mismatch).
         strict: raise `PretrainedError` unless every key in scope loads and none is left over.
+        allow_partial: load what fits even when some tensors in scope do not (`LoadReport.not_loaded`
+            lists them; they keep their initialization). Otherwise such a load raises
+            `PartialLoadError` and changes nothing.
 
     Raises `PretrainedError` when nothing at all matches: wrong model or wrong file.
     """
@@ -464,6 +493,8 @@ def load_pretrained(
         else:
             report.mismatched.append((key, origin, tuple(own[key].shape), tuple(value.shape)))
     _keep_layers_whole(report, updates, converted)
+    position = {key: index for index, key in enumerate(own)}
+    report.mismatched.sort(key=lambda mismatch: position[mismatch[0]])
     report.unexpected = unexpected
     if not report.loaded:
         raise PretrainedError(
@@ -474,6 +505,8 @@ def load_pretrained(
         )
     if strict and not report.complete:
         raise PretrainedError("strict loading failed:\n" + report.format())
+    if report.not_loaded and not allow_partial:
+        raise PartialLoadError(_partial_load_message(model, report))
     with torch.no_grad():
         for key, value in updates.items():
             own[key].copy_(value)
@@ -487,6 +520,36 @@ def _keep_layers_whole(report: LoadReport, updates: dict, converted: dict) -> No
         value = updates.pop(key)
         report.loaded.remove(key)
         report.mismatched.append((key, converted[key][0], tuple(value.shape), tuple(value.shape)))
+
+
+def _partial_load_message(model: BlockwiseNet, report: LoadReport) -> str:
+    left, total = _count_by_part(report.not_loaded), _count_by_part(report.loaded + report.not_loaded)
+    per_part = ", ".join(f"{part}: {count} of {total[part]}" for part, count in left.items())
+    lines = [
+        f"{model.name} would be only partly loaded from this {report.source} state dict: "
+        f"{len(report.not_loaded)} of {len(report.loaded) + len(report.not_loaded)} tensors did not load "
+        f"({per_part}) and would keep their random initialization.",
+    ]
+    exact_fit = _EXACT_FITS.get((report.source, model.name))
+    if exact_fit is not None:
+        lines.append(f"Build {exact_fit} instead: it has the {report.source} network's layers and loads "
+                     "every tensor.")
+    if any(len(mine) == len(theirs) == 2 and mine[0] == theirs[0] for _, _, mine, theirs in report.mismatched):
+        lines.append("A fully connected layer reads a feature map of another size: the weights were trained "
+                     "at another image size (224 px for most ImageNet weights); build the model at that size.")
+    lines.append(f"To load the {len(report.loaded)} that fit and train the others from scratch, pass "
+                 "allow_partial=True (--allow-partial).")
+    return "\n".join(lines + [report.format()])
+
+
+def _count_by_part(keys: list[str]) -> dict[str, int]:
+    """``{"block 1": 2, "head 3": 4, ...}``, in network order."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        kind, number = key.split(".")[:2]
+        part = f"{'block' if kind == 'blocks' else 'head'} {int(number) + 1}"
+        counts[part] = counts.get(part, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (item[0].startswith("head"), int(item[0].split()[1]))))
 
 
 def _keys_in_scope(model: BlockwiseNet, own: Mapping[str, torch.Tensor], blocks, heads: bool) -> list[str]:

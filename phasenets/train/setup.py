@@ -287,7 +287,8 @@ def reused_blocks(config: TrainConfig, model: nn.Module, start: StartPoint,
         return (), None
     from phasenets.train.transfer import init_from
 
-    transfer = init_from(model, config.init_from, config.reuse_blocks, config.freeze_reused)
+    transfer = init_from(model, config.init_from, config.reuse_blocks, config.freeze_reused,
+                         allow_partial=config.allow_partial)
     if dist.is_main:
         log.info("%s", transfer.format())
     return tuple(transfer.frozen), transfer

@@ -4,8 +4,11 @@
 earlier run (its run directory, one of its checkpoints) or of a weights file the user has
 (torchvision/timm/phasenets state dicts, see `phasenets.models.pretrained`) into ``model``, and
 freezes them or not. Auxiliary heads are never copied: they classify the earlier task's classes.
-Per-block learning rates (ModNet's ``"0.4,0.65,1"``, so that reused blocks can train slowly
-instead of being frozen) are part of the phase plan: ``phasenets.train.plan.block_lr_multipliers``.
+Only a block that got every one of its tensors is frozen: one with a layer left at its random
+initialization (a classifier for another number of classes, a layer of another shape loaded with
+``allow_partial``) keeps training, or that layer would never learn. Per-block learning rates
+(ModNet's ``"0.4,0.65,1"``, so that reused blocks can train slowly instead of being frozen) are
+part of the phase plan: ``phasenets.train.plan.block_lr_multipliers``.
 """
 from __future__ import annotations
 
@@ -84,6 +87,7 @@ def init_from(
     freeze_reused: bool = False,
     *,
     strict: bool = False,
+    allow_partial: bool = False,
 ) -> TransferReport:
     """Copy blocks of an earlier network into ``model`` (in place) and optionally freeze them.
 
@@ -92,27 +96,56 @@ def init_from(
             (``.safetensors``/``.pt``/``.pth``: phasenets, torchvision or timm names).
         reuse_blocks: which blocks to copy (see `parse_blocks`); ``None`` copies every block
             (the final classifier only when the number of classes agrees).
-        freeze_reused: freeze the copied blocks (``model.freeze_block``). Freezing is not part of
-            the state dict: a trainer that reloads ``model`` must freeze them again.
-        strict: every key of the copied blocks must load (see `load_pretrained`).
+        freeze_reused: freeze the copied blocks that got all their tensors (``model.freeze_block``);
+            the report's notes say why any other stays trainable. Freezing is not part of the state
+            dict: a trainer that reloads ``model`` must freeze them again.
+        strict: every key of the copied blocks must load and none be left over (see `load_pretrained`).
+        allow_partial: copy what fits even when some tensors of the chosen blocks do not; otherwise
+            that raises `PartialLoadError` (see `load_pretrained`).
     """
     path = resolve_checkpoint(source)
     blocks = parse_blocks(reuse_blocks, model.num_blocks)
     state_dict, payload = _read_source(path)
-    weights = load_pretrained(model, state_dict, blocks=blocks, strict=strict)
+    weights = load_pretrained(model, state_dict, blocks=blocks, strict=strict, allow_partial=allow_partial)
     record = payload.get("model")
     report = TransferReport(path, blocks, [], weights, record, payload.get("classes"), payload.get("normalization"))
     if record is not None and record.get("name") != model.name:
         report.notes.append(f"the source network is a {record.get('name')}, this one a {model.name}")
-    reused = sorted({int(key.split(".")[1]) + 1 for key in weights.loaded})
-    if reused != blocks:
-        untouched = sorted(set(blocks) - set(reused))
+    if weights.source in ("torchvision", "timm"):
+        report.notes.append(f"{weights.source} weights are trained on ImageNet images normalized with ImageNet's "
+                            "mean and std: train with --normalization imagenet (normalization='imagenet') so "
+                            "the reused blocks see inputs on the scale they learned")
+    filled = {_block_number(key) for key in weights.loaded}
+    untouched = [k for k in blocks if k not in filled]
+    if untouched:
         report.notes.append(f"nothing was loaded into block(s) {_format_blocks(untouched)}")
+    left_out = _left_out_by_block(weights)
     if freeze_reused:
-        for k in reused:
+        report.frozen = [k for k in blocks if k in filled and k not in left_out]
+        for k in report.frozen:
             model.freeze_block(k)
-        report.frozen = reused
+        for k in sorted(filled & left_out.keys()):
+            report.notes.append(f"block {k} is not frozen: {_why_trainable(left_out[k], weights)}")
     return report
+
+
+def _block_number(key: str) -> int:
+    return int(key.split(".")[1]) + 1  # "blocks.0.conv1.weight" is block 1
+
+
+def _left_out_by_block(weights: LoadReport) -> dict[int, list[str]]:
+    """The keys each block in scope did not get from the source, the skipped classifier included."""
+    left_out: dict[int, list[str]] = {}
+    for key in weights.not_loaded + weights.skipped:
+        left_out.setdefault(_block_number(key), []).append(key)
+    return left_out
+
+
+def _why_trainable(keys: list[str], weights: LoadReport) -> str:
+    if set(keys) <= set(weights.skipped):
+        return "its classifier was left as initialized for this task's classes and must train"
+    shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return f"{len(keys)} of its tensors ({shown}) did not load and must train"
 
 
 def _read_source(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -12,6 +12,7 @@ from phasenets.models.summary import summarize
 PARAMETER_COUNTS = [
     ("lenet5", {}, 10, 1, 32, 61_706),
     ("alexnet", {}, 1000, 3, 227, 62_378_344),
+    ("alexnet_tv", {}, 1000, 3, 224, 61_100_840),  # torchvision's alexnet
     ("vgg16", {}, 1000, 3, 224, 138_357_544),
     ("resnet18", {}, 1000, 3, 224, 11_689_512),
     ("resnet50", {}, 1000, 3, 224, 25_557_032),
@@ -59,6 +60,8 @@ FORWARD_CASES = [
     ("lenet5", {"activation": "tanh"}, 3, 36),
     ("alexnet", {}, 3, 64),
     ("alexnet", {"local_response_norm": False}, 1, 80),
+    ("alexnet_tv", {}, 3, 63),  # its minimum size
+    ("alexnet_tv", {}, 1, 100),
     ("alexnet_bn", {}, 3, 215),  # its minimum size: the one large forward of the suite
     ("vgg11", {}, 3, 32),
     ("vgg11", {"batch_norm": True}, 1, 64),
@@ -110,7 +113,8 @@ def test_unknown_option_lists_the_valid_options():
 
 @pytest.mark.parametrize(
     "name, too_small, minimum",
-    [("inception_v4", 74, 75), ("alexnet_bn", 214, 215), ("vgg16", 31, 32), ("lenet5", 15, 16)],
+    [("inception_v4", 74, 75), ("alexnet_bn", 214, 215), ("alexnet_tv", 62, 63), ("vgg16", 31, 32),
+     ("lenet5", 15, 16)],
 )
 def test_too_small_image_names_the_minimum(name, too_small, minimum):
     with pytest.raises(

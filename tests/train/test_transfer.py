@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fixtures.pretrained_reference import load_fixture, pseudo_random_state
 from phasenets.models import build_model
+from phasenets.models.pretrained import PartialLoadError
 from phasenets.train.checkpoint import load_checkpoint
 from phasenets.train.plan import block_lr_multipliers
 from phasenets.train.rundir import resolve_checkpoint
@@ -65,6 +67,48 @@ def test_reuse_from_a_weights_file(lenet_run, tmp_path):
     report = init_from(model, path, reuse_blocks=[2], freeze_reused=True)
     assert report.frozen == [2] and report.source_model is None and report.source_normalization is None
     assert torch.equal(model.blocks[1][0].weight, trained["blocks.1.0.weight"])
+
+
+@pytest.fixture(scope="module")
+def torchvision_resnet18_file(tmp_path_factory):
+    """A torchvision resnet18 state dict for 7 classes (the pretrained-weights fixture's) in a .pth file."""
+    case = next(case for case in load_fixture()["cases"]
+                if (case["library"], case["architecture"]) == ("torchvision", "resnet18"))
+    path = tmp_path_factory.mktemp("torchvision") / "resnet18.pth"
+    torch.save(pseudo_random_state(case["tensors"]), path)
+    return path
+
+
+def test_a_block_whose_classifier_was_skipped_is_not_frozen(torchvision_resnet18_file):
+    model = build_model("resnet18", 3, image_size=32)  # 3 classes: the file's fc (7 classes) is skipped
+    report = init_from(model, torchvision_resnet18_file, freeze_reused=True)
+    assert report.weights.skipped == ["blocks.4.fc.weight", "blocks.4.fc.bias"]
+    assert report.frozen == [1, 2, 3, 4] and not model.is_frozen(5)
+    assert "block 5 is not frozen: its classifier was left as initialized for this task's classes and must train" \
+        in report.format()
+
+
+def test_imagenet_weights_suggest_imagenet_normalization(torchvision_resnet18_file, lenet_run):
+    report = init_from(build_model("resnet18", 7, image_size=32), torchvision_resnet18_file)
+    assert "torchvision weights are trained on ImageNet images" in report.format()
+    assert "--normalization imagenet" in report.format()
+    own = init_from(build_model("lenet5", 3, image_size=16), lenet_run)
+    assert not any("ImageNet" in note for note in own.notes)  # a phasenets run carries its own statistics
+
+
+def test_a_partly_loaded_block_trains(torchvision_resnet18_file):
+    """The file's conv1 reads 3 channels, this network's 1: refused, or loaded without it, and block 1 trains."""
+    model = build_model("resnet18", 7, in_channels=1, image_size=32)
+    conv1 = model.blocks[0].conv1.weight.clone()
+    refusal = r"(?s)1 of 122 tensors did not load \(block 1: 1 of 6\).*the 121 that fit"
+    with pytest.raises(PartialLoadError, match=refusal):
+        init_from(model, torchvision_resnet18_file, freeze_reused=True)
+    assert not any(model.is_frozen(k) for k in range(1, 6))
+    report = init_from(model, torchvision_resnet18_file, freeze_reused=True, allow_partial=True)
+    assert report.frozen == [2, 3, 4, 5] and not model.is_frozen(1)
+    assert torch.equal(model.blocks[0].conv1.weight, conv1)
+    assert "block 1 is not frozen: 1 of its tensors (blocks.0.conv1.weight) did not load and must train" \
+        in report.format()
 
 
 def test_nothing_to_reuse_in_the_chosen_blocks(lenet_run):
