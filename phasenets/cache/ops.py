@@ -6,6 +6,12 @@ always; CUDA when the extension was built with CUDA) and the pure-torch referenc
 ``IndexError`` for an index out of range, ``RuntimeError`` for any other bad argument, raised
 before any memory is touched.
 
+On a GPU the reads never synchronize with the host, so nothing that needs a tensor's values
+there is checked there: a gather from a CUDA table returns NaN rows for out-of-range indices
+(nothing outside the table is read). Check indices on the host before they go to the device (as
+``FeatureCache`` does) where an ``IndexError`` is wanted. Writes (:func:`scatter_rows`, the cache
+build) still check their targets on the host, on every device.
+
 Layout: a storage table is 2-D ``[rows, row_elems]`` in float32, float16, bfloat16 or int8; each
 row must be contiguous (any row stride, so slices of a table work). int8 tables carry a float32
 per-channel ``scale`` of shape ``[C]``, with ``row_elems = C * spatial`` (channels-first features,

@@ -299,6 +299,20 @@ def test_ops_have_fake_implementations():
                           test_utils=checks)
 
 
+def test_reference_guard_of_device_reads():
+    """What a gather from a GPU table gives for out-of-range indices, without a sync: a NaN row,
+    and nothing read outside the table (the CUDA kernels do the same; tests/cache/test_cuda_cache.py
+    checks both on a GPU)."""
+    table, scale = make_table(6, 2, 2, torch.int8)
+    index = torch.tensor([5, -1, 6, 2**40, 0])
+    for src, src_scale in [(table, scale), (table[:0], scale)]:
+        guarded = reference._gather_guarded(src, index, src_scale, torch.bfloat16)
+        assert guarded.shape == (5, 4) and guarded.dtype == torch.bfloat16
+        valid = (index >= 0) & (index < src.shape[0])
+        assert bool(guarded[~valid].isnan().all())
+        assert torch.equal(guarded[valid], reference.gather_rows(src, index[valid], src_scale, torch.bfloat16))
+
+
 # --- prefetcher ----------------------------------------------------------------------------------------
 
 
@@ -440,9 +454,12 @@ def test_cuda_kernels_match_reference(src_dtype):
     ops.scatter_rows(table_gpu, targets.cuda(), values.cuda(), scale_gpu)
     reference.scatter_rows(table, targets, values, scale)
     assert torch.equal(table_gpu.cpu(), table)
-    with pytest.raises(IndexError, match=re.escape("index[1] = 64 is out of range")):
-        ops.gather_rows(table_gpu, torch.tensor([0, 64], device="cuda"), scale_gpu, torch.float32)
-    torch.cuda.synchronize()
+    # writes still check their targets on the host (the build path may sync)
+    with pytest.raises(IndexError, match=re.escape("phasenets.scatter_rows: index[1] = 64 is out of range")):
+        ops.scatter_rows(table_gpu, torch.tensor([0, 64], device="cuda"), values[:2].cuda(), scale_gpu)
+    with pytest.raises(RuntimeError, match=re.escape("index holds row 3 twice")):
+        ops.scatter_rows(table_gpu, torch.tensor([3, 3], device="cuda"), values[:2].cuda(), scale_gpu)
+    assert torch.equal(table_gpu.cpu(), table)
 
 
 @pytest.mark.cuda
