@@ -276,12 +276,25 @@ def test_compute_int8_scale_errors_match():
     for rows, channels, message in [
         (torch.ones(2, 6), 4, "channels = 4 does not divide the 6 elements of a row"),
         (torch.ones(0, 6), 2, "rows is empty"),
-        (torch.tensor([[1.0, float("inf")]]), 1, "rows hold NaN or infinite values"),
         (torch.ones(2, 6, dtype=torch.int8), 2, "rows dtype must be one of float32, float16, bfloat16, got int8"),
     ]:
         for fn in (reference.compute_int8_scale, torch.ops.phasenets.compute_int8_scale):
             with pytest.raises(RuntimeError, match=re.escape(message)):
                 fn(rows, channels)
+
+
+def test_int8_scale_of_non_finite_rows():
+    """The op never looks at the values on the host (on CUDA that is a sync): a channel holding NaN
+    or an infinity gets a non-finite scale; the Python wrapper refuses it on the CPU, where
+    checking costs nothing."""
+    rows = torch.tensor([[1.0, float("inf"), 0.0], [2.0, 0.0, float("nan")]])
+    backends = [reference.compute_int8_scale] + (
+        [torch.ops.phasenets.compute_int8_scale] if _extension.native_available() else [])
+    for compute in backends:
+        scale = compute(rows, 3)
+        assert scale[0] == 2.0 / 127 and scale[1] == float("inf") and scale[2].isnan()
+    with pytest.raises(RuntimeError, match=re.escape("rows hold NaN or infinite values, which int8 cannot represent")):
+        ops.compute_int8_scale(rows, 3)
 
 
 # --- torch.compile support ---------------------------------------------------------------------------
@@ -297,6 +310,23 @@ def test_ops_have_fake_implementations():
                           test_utils=checks)
     torch.library.opcheck(torch.ops.phasenets.scatter_rows.default, (table, index, torch.randn(2, 6), scale),
                           test_utils=checks)
+    torch.library.opcheck(torch.ops.phasenets.compute_int8_scale.default, (torch.randn(4, 6), 2))
+    assert not torch.ops.phasenets.compute_int8_scale(torch.randn(4, 6, requires_grad=True), 2).requires_grad
+
+
+@needs_native
+def test_ops_compile_without_graph_breaks():
+    """The read path traces whole (fullgraph): no op reads a value back to the host. aot_eager
+    runs dynamo and AOT autograd over the fake implementations without a C++ compile."""
+
+    def quantize_and_read(rows, table, index):
+        scale = torch.ops.phasenets.compute_int8_scale(rows, 2)
+        return scale * 2, torch.ops.phasenets.gather_rows(table, index, None, torch.float16) + 1
+
+    compiled = torch.compile(quantize_and_read, fullgraph=True, backend="aot_eager")
+    rows, (table, _), index = torch.randn(5, 6), make_table(10, 2, 3, torch.float32), torch.tensor([9, 0, 4])
+    for got, want in zip(compiled(rows, table, index), quantize_and_read(rows, table, index)):
+        assert torch.equal(got, want)
 
 
 def test_reference_guard_of_device_reads():
