@@ -493,6 +493,29 @@ def test_cuda_kernels_match_reference(src_dtype):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("shape", SHAPES + [(8, 2, 8)], ids=str)  # 16-element rows: the 16-byte copy path too
+@pytest.mark.parametrize("src_dtype", STORAGE_DTYPES)
+def test_cuda_kernels_take_strided_and_empty_input(src_dtype, shape):
+    rows, channels, spatial = shape
+    table, scale = make_table(2 * rows, channels, spatial, src_dtype)
+    scale_gpu = scale.cuda() if scale is not None else None
+    every_other_row, every_other_row_gpu = table[::2], table.cuda()[::2]  # row stride 2 * row_elems
+    index_gpu = random_index(rows, 3 * rows).cuda()[::3]  # non-contiguous, with repeats
+    index = index_gpu.cpu()
+    for out_dtype in FLOAT_DTYPES:
+        expected = reference.gather_rows(every_other_row, index, scale, out_dtype)
+        assert torch.equal(ops.gather_rows(every_other_row_gpu, index_gpu, scale_gpu, out_dtype).cpu(), expected)
+        out = torch.full(expected.shape, float("nan"), dtype=out_dtype, device="cuda")
+        ops.gather_rows(every_other_row_gpu, index_gpu, scale_gpu, out=out)
+        assert torch.equal(out.cpu(), expected)
+    empty = torch.empty(0, dtype=torch.int64, device="cuda")
+    gathered = ops.gather_rows(every_other_row_gpu, empty, scale_gpu, torch.bfloat16)
+    assert gathered.is_cuda and gathered.shape == (0, channels * spatial)
+    ops.scatter_rows(every_other_row_gpu, empty, torch.empty(0, channels * spatial, device="cuda"), scale_gpu)
+    assert torch.equal(every_other_row_gpu.cpu(), every_other_row)
+
+
+@pytest.mark.cuda
 def test_cuda_prefetcher_delivers_to_device():
     table, scale = make_table(64, 4, 5, torch.int8)
     batches = _batches(64, [16, 16, 5])
