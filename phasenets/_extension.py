@@ -73,6 +73,10 @@ def _register_fake_impls() -> None:
     def _scatter_rows(dst, index, rows, scale):
         return None
 
+    @torch.library.register_fake("phasenets::compute_int8_scale")
+    def _compute_int8_scale(rows, channels):
+        return rows.new_empty((channels,), dtype=torch.float32)
+
 
 if _native is not None:
     _register_fake_impls()

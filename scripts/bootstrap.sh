@@ -15,6 +15,9 @@
 # to the torch that is there, and the extension is built with --no-build-isolation against it. A user
 # whose interpreter already has torch (a CUDA build, say) keeps it: the venv then sees the system
 # site-packages and no torch is installed.
+#
+# Sourcing the script (`source scripts/bootstrap.sh`) defines its functions and runs nothing: the
+# tests call them one by one against a stand-in venv.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,8 +25,6 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-$ROOT/.venv}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
-JOB="${1:-setup}"
-shift || true
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
@@ -44,7 +45,10 @@ make_venv() {
     fi
 }
 
+# numpy goes in before anything imports torch: a torch that finds no numpy warns "Failed to
+# initialize NumPy" on every import (write_constraints' is the first).
 install_torch() {
+    "$VENV/bin/python" -c "import numpy" >/dev/null 2>&1 || "$VENV/bin/pip" install -q numpy
     if "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
         return
     fi
@@ -93,12 +97,18 @@ install_system_data() {
     fi
 }
 
-# Rebuilds the package (and its native extension) only when its sources changed.
+# A digest of everything the build reads: the package metadata, setup.py and the native sources.
+source_digest() {
+    { cat pyproject.toml setup.py; find csrc -type f -print0 | sort -z | xargs -0 cat; } | sha256sum | cut -d' ' -f1
+}
+
+# Rebuilds the package (and its native extension) only when its sources changed, or when the
+# extension does not load. It loads only after torch (it links libc10.so, which torch loads).
 install_phasenets() {
     local stamp="$VENV/.phasenets-build" digest
-    digest="$(cat pyproject.toml setup.py $(find csrc -type f | sort) | sha256sum | cut -d' ' -f1)"
+    digest="$(source_digest)"
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]] \
-        && "$VENV/bin/python" -c "import phasenets._C" >/dev/null 2>&1; then
+        && "$VENV/bin/python" -c "import torch, phasenets._C" >/dev/null 2>&1; then
         return
     fi
     log "building phasenets and its native extension"
@@ -117,14 +127,22 @@ setup() {
     export PATH="$VENV/bin:$PATH"
 }
 
-case "$JOB" in
-    setup) setup ;;
-    demo) setup; exec "$VENV/bin/phasenets" demo "$@" ;;
-    test)
-        setup
-        "$VENV/bin/python" -m pytest -q "$@"
-        bash scripts/native_checks.sh
-        ;;
-    bench) setup; exec "$VENV/bin/python" benchmarks/report.py "$@" ;;
-    *) log "unknown job '$JOB' (use: setup, demo, test, bench)"; exit 2 ;;
-esac
+main() {
+    local job="${1:-setup}"
+    shift || true
+    case "$job" in
+        setup) setup ;;
+        demo) setup; exec "$VENV/bin/phasenets" demo "$@" ;;
+        test)
+            setup
+            "$VENV/bin/python" -m pytest -q "$@"
+            bash scripts/native_checks.sh
+            ;;
+        bench) setup; exec "$VENV/bin/python" benchmarks/report.py "$@" ;;
+        *) log "unknown job '$job' (use: setup, demo, test, bench)"; exit 2 ;;
+    esac
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The native checks CI runs beside pytest: builds csrc/ and the C++ tests with AddressSanitizer,
 # runs them with CTest, and compiles the CUDA kernels for sm_80 and sm_90 wherever nvcc is found
-# (no GPU needed), so a broken kernel fails here.
+# (no GPU needed) with their ATen entry points (compiled, not linked), so a broken kernel fails here.
 #
 #   bash scripts/native_checks.sh
 #

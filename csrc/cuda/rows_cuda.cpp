@@ -1,5 +1,6 @@
-// CUDA entries of the row ops: the same checks as the CPU entries, then the raw-pointer kernels
-// of rows_kernels.cu on the current stream.
+// CUDA entries of the row ops: the CPU entries' checks of metadata (device, dtype, layout, shapes),
+// then the raw-pointer kernels of rows_kernels.cu on the current stream. The gathers alone leave
+// the index values to the kernel's guard (see gather_rows_cuda).
 #include "../checks.h"
 #include "rows_kernels.h"
 
@@ -30,13 +31,13 @@ Table table_of(const at::Tensor& t) {
   return Table{t.data_ptr(), element_type(t.scalar_type()), t.size(0), t.size(1), t.stride(0)};
 }
 
-// The indices are validated on the host: one small device-to-host copy (and a sync) per call, so
-// an out-of-range index is reported by position and value instead of faulting inside a kernel.
-at::Tensor checked_index(const at::Tensor& index, int64_t num_rows, bool unique, const char* op,
-                         const char* name) {
+// scatter_rows validates its targets on the host: one small device-to-host copy and a sync per
+// call. Writing is the build path (each row once per cache), and only the host can report an
+// out-of-range or repeated target exactly, before a wild or racing write could happen.
+at::Tensor host_checked_targets(const at::Tensor& index, int64_t num_rows) {
   const at::Tensor on_host = index.cpu();
-  check_index_bounds(on_host.const_data_ptr<int64_t>(), on_host.numel(), num_rows, op, name);
-  if (unique) check_index_unique(on_host.const_data_ptr<int64_t>(), on_host.numel(), op);
+  check_index_bounds(on_host.const_data_ptr<int64_t>(), on_host.numel(), num_rows, kScatter, "dst");
+  check_index_unique(on_host.const_data_ptr<int64_t>(), on_host.numel(), kScatter);
   return index.contiguous();
 }
 
@@ -50,6 +51,13 @@ void gather(const at::Tensor& src, const at::Tensor& index, const std::optional<
                                     c10::cuda::getCurrentCUDAStream()));
 }
 
+// The gathers are the read path (every batch of every epoch) and never read the indices back:
+// a range check here would cost a device-to-host copy and a sync per call, stall the training
+// stream and break CUDA graphs and torch.compile. The kernel guards instead: an index outside
+// [0, rows) reads nothing and its output row is NaN, so a bad index neither faults nor passes for
+// plausible features. A caller that needs an IndexError checks its indices on the host before
+// they go to the device (FeatureCache does, once per epoch). Every other argument is checked
+// here from metadata alone.
 at::Tensor gather_rows_cuda(const at::Tensor& src, const at::Tensor& index,
                             const std::optional<at::Tensor>& scale, at::ScalarType out_dtype) {
   check_storage(src, kGather, "src");
@@ -57,7 +65,7 @@ at::Tensor gather_rows_cuda(const at::Tensor& src, const at::Tensor& index,
   check_scale(scale, src, kGather, "src");
   check_output_dtype(out_dtype, kGather);
   const c10::cuda::CUDAGuard device_guard(src.device());
-  const at::Tensor rows = checked_index(index, src.size(0), false, kGather, "src");
+  const at::Tensor rows = index.contiguous();
   at::Tensor out = at::empty({rows.numel(), src.size(1)}, src.options().dtype(out_dtype));
   gather(src, rows, scale, out);
   return out;
@@ -70,7 +78,7 @@ void gather_rows_out_cuda(const at::Tensor& src, const at::Tensor& index,
   check_scale(scale, src, kGatherOut, "src");
   check_gather_output(out, src, index.numel(), kGatherOut);
   const c10::cuda::CUDAGuard device_guard(src.device());
-  gather(src, checked_index(index, src.size(0), false, kGatherOut, "src"), scale, out);
+  gather(src, index.contiguous(), scale, out);
 }
 
 void scatter_rows_cuda(const at::Tensor& dst, const at::Tensor& index, const at::Tensor& rows,
@@ -80,7 +88,7 @@ void scatter_rows_cuda(const at::Tensor& dst, const at::Tensor& index, const at:
   check_scatter_rows(rows, dst, index.numel(), kScatter);
   check_scale(scale, dst, kScatter, "dst");
   const c10::cuda::CUDAGuard device_guard(dst.device());
-  const at::Tensor targets = checked_index(index, dst.size(0), true, kScatter, "dst");
+  const at::Tensor targets = host_checked_targets(index, dst.size(0));
   const at::Tensor values = rows.contiguous();
   const at::Tensor scale_c = scale.has_value() ? scale->contiguous() : at::Tensor();
   C10_CUDA_CHECK(launch_scatter_rows(table_of(dst), targets.const_data_ptr<int64_t>(),

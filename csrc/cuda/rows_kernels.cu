@@ -2,6 +2,10 @@
 // so any table fits in a bounded launch. Same-dtype rows move as 16-byte words when aligned; the
 // other paths convert element by element through float32, exactly as the CPU kernels and the
 // reference do (so the results agree bit for bit).
+//
+// The gathers read their indices only on the device (the host never checks them: that would cost
+// a device-to-host copy and a sync per call). An index outside [0, num_rows) reads nothing and
+// its output row is NaN: a bad index can neither fault nor pass for plausible features.
 #include "rows_kernels.h"
 
 #include <cuda_bf16.h>
@@ -38,34 +42,58 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   for (int64_t col = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; \
        col < (count); col += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
+__device__ __forceinline__ bool in_range(int64_t row, int64_t num_rows) {
+  return row >= 0 && row < num_rows;
+}
+
+__device__ __forceinline__ float quiet_nan() { return __int_as_float(0x7fc00000); }
+
+// `nan_word` is a Word of NaNs of the element type being copied.
 template <typename Word>
-__global__ void gather_copy_kernel(const Word* src, int64_t row_stride, const int64_t* index,
-                                   int64_t num_index, int64_t row_words, Word* out) {
+__global__ void gather_copy_kernel(const Word* src, int64_t num_rows, int64_t row_stride,
+                                   const int64_t* index, int64_t num_index, int64_t row_words,
+                                   Word nan_word, Word* out) {
   PHASENETS_FOR_EACH_ROW(row, num_index) {
-    const Word* in = src + index[row] * row_stride;
+    const int64_t source_row = index[row];
     Word* dst = out + row * row_words;
+    if (!in_range(source_row, num_rows)) {
+      PHASENETS_FOR_EACH_COL(col, row_words) dst[col] = nan_word;
+      continue;
+    }
+    const Word* in = src + source_row * row_stride;
     PHASENETS_FOR_EACH_COL(col, row_words) dst[col] = in[col];
   }
 }
 
 template <typename In, typename Out>
-__global__ void gather_convert_kernel(const In* src, int64_t row_stride, const int64_t* index,
-                                      int64_t num_index, int64_t row_elems, Out* out) {
+__global__ void gather_convert_kernel(const In* src, int64_t num_rows, int64_t row_stride,
+                                      const int64_t* index, int64_t num_index, int64_t row_elems,
+                                      Out* out) {
   PHASENETS_FOR_EACH_ROW(row, num_index) {
-    const In* in = src + index[row] * row_stride;
+    const int64_t source_row = index[row];
     Out* dst = out + row * row_elems;
+    if (!in_range(source_row, num_rows)) {
+      PHASENETS_FOR_EACH_COL(col, row_elems) dst[col] = from_float<Out>(quiet_nan());
+      continue;
+    }
+    const In* in = src + source_row * row_stride;
     PHASENETS_FOR_EACH_COL(col, row_elems) dst[col] = from_float<Out>(to_float(in[col]));
   }
 }
 
 template <typename Out>
-__global__ void gather_dequantize_kernel(const int8_t* src, int64_t row_stride,
+__global__ void gather_dequantize_kernel(const int8_t* src, int64_t num_rows, int64_t row_stride,
                                          const int64_t* index, int64_t num_index,
                                          int64_t row_elems, const float* scale, int64_t spatial,
                                          Out* out) {
   PHASENETS_FOR_EACH_ROW(row, num_index) {
-    const int8_t* in = src + index[row] * row_stride;
+    const int64_t source_row = index[row];
     Out* dst = out + row * row_elems;
+    if (!in_range(source_row, num_rows)) {
+      PHASENETS_FOR_EACH_COL(col, row_elems) dst[col] = from_float<Out>(quiet_nan());
+      continue;
+    }
+    const int8_t* in = src + source_row * row_stride;
     PHASENETS_FOR_EACH_COL(col, row_elems) {
       dst[col] = from_float<Out>(static_cast<float>(in[col]) * scale[col / spatial]);
     }
@@ -125,6 +153,14 @@ cudaError_t with_float_type(ElementType type, Fn&& fn) {
   return cudaGetLastError();
 }
 
+// 16 bytes of quiet NaNs of a float type.
+uint4 nan_word(ElementType type) {
+  uint32_t pair = 0x7fc00000u;  // float32
+  if (type == ElementType::kFloat16) pair = 0x7e007e00u;
+  if (type == ElementType::kBFloat16) pair = 0x7fc07fc0u;
+  return make_uint4(pair, pair, pair, pair);
+}
+
 bool is_aligned(const void* ptr, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
@@ -139,8 +175,8 @@ cudaError_t launch_gather_rows(const Table& src, const int64_t* index, int64_t n
     return with_float_type(out_type, [&](auto out_tag) {
       using Out = decltype(out_tag);
       gather_dequantize_kernel<Out><<<grid_for(num_index, src.row_elems), kThreads, 0, stream>>>(
-          static_cast<const int8_t*>(src.data), src.row_stride, index, num_index, src.row_elems,
-          scale, src.row_elems / channels, static_cast<Out*>(out));
+          static_cast<const int8_t*>(src.data), src.num_rows, src.row_stride, index, num_index,
+          src.row_elems, scale, src.row_elems / channels, static_cast<Out*>(out));
     });
   }
   const int64_t elem = element_size(src.type);
@@ -150,8 +186,8 @@ cudaError_t launch_gather_rows(const Table& src, const int64_t* index, int64_t n
       is_aligned(src.data, kWord) && is_aligned(out, kWord)) {
     const int64_t row_words = row_bytes / kWord;
     gather_copy_kernel<uint4><<<grid_for(num_index, row_words), kThreads, 0, stream>>>(
-        static_cast<const uint4*>(src.data), src.row_stride * elem / kWord, index, num_index,
-        row_words, static_cast<uint4*>(out));
+        static_cast<const uint4*>(src.data), src.num_rows, src.row_stride * elem / kWord, index,
+        num_index, row_words, nan_word(src.type), static_cast<uint4*>(out));
     return cudaGetLastError();
   }
   return with_float_type(src.type, [&](auto in_tag) {
@@ -159,8 +195,8 @@ cudaError_t launch_gather_rows(const Table& src, const int64_t* index, int64_t n
     with_float_type(out_type, [&](auto out_tag) {
       using Out = decltype(out_tag);
       gather_convert_kernel<In, Out><<<grid_for(num_index, src.row_elems), kThreads, 0, stream>>>(
-          static_cast<const In*>(src.data), src.row_stride, index, num_index, src.row_elems,
-          static_cast<Out*>(out));
+          static_cast<const In*>(src.data), src.num_rows, src.row_stride, index, num_index,
+          src.row_elems, static_cast<Out*>(out));
     });
   });
 }

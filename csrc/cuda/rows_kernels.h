@@ -21,7 +21,8 @@ struct Table {
 
 // out[i, :] = convert(src[index[i], :]); int8 rows are dequantized by `scale` (float32 [channels],
 // `row_elems / channels` consecutive elements per channel); `out` is contiguous [num_index,
-// row_elems] of a float type. Indices must already be validated.
+// row_elems] of a float type. Indices are read on the device only: where index[i] is outside
+// [0, src.num_rows), nothing is read and out[i, :] is NaN.
 cudaError_t launch_gather_rows(const Table& src, const int64_t* index, int64_t num_index,
                                const float* scale, int64_t channels, void* out,
                                ElementType out_type, cudaStream_t stream);

@@ -6,6 +6,13 @@ always; CUDA when the extension was built with CUDA) and the pure-torch referenc
 ``IndexError`` for an index out of range, ``RuntimeError`` for any other bad argument, raised
 before any memory is touched.
 
+On a GPU the reads never synchronize with the host, so nothing that needs a tensor's values
+there is checked there: a gather from a CUDA table returns NaN rows for out-of-range indices
+(nothing outside the table is read), and :func:`compute_int8_scale` returns a non-finite scale
+for rows holding NaN or infinities. Check indices on the host before they go to the device (as
+``FeatureCache`` does) where an ``IndexError`` is wanted. Writes (:func:`scatter_rows`, the cache
+build) still check their targets on the host, on every device.
+
 Layout: a storage table is 2-D ``[rows, row_elems]`` in float32, float16, bfloat16 or int8; each
 row must be contiguous (any row stride, so slices of a table work). int8 tables carry a float32
 per-channel ``scale`` of shape ``[C]``, with ``row_elems = C * spatial`` (channels-first features,
@@ -76,11 +83,20 @@ def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor,
 def compute_int8_scale(rows: torch.Tensor, channels: int) -> torch.Tensor:
     """The per-channel int8 scale of a batch of rows ``[B, channels * spatial]``: each channel's
     largest magnitude over the batch divided by 127 (float32 ``[channels]``, on ``rows``'
-    device). An all-zero channel gets 1. NaN or infinite values are refused. To calibrate over
-    several batches, take the element-wise maximum of their scales."""
+    device). An all-zero channel gets 1. To calibrate over several batches, take the
+    element-wise maximum of their scales.
+
+    Rows holding NaN or infinite values are refused (``RuntimeError``) on the CPU, where the
+    check is free. On CUDA it would synchronize with the host, so the scale of such a channel
+    comes back non-finite instead: the caller checks the (small) scale when it has to come to the
+    host anyway (the feature cache does when it commits)."""
     if uses_native(rows):
-        return torch.ops.phasenets.compute_int8_scale(rows, channels)
-    return reference.compute_int8_scale(rows, channels)
+        scale = torch.ops.phasenets.compute_int8_scale(rows, channels)
+    else:
+        scale = reference.compute_int8_scale(rows, channels)
+    if scale.device.type == "cpu" and not bool(torch.isfinite(scale).all()):
+        raise RuntimeError(f"{reference.SCALE}: rows hold NaN or infinite values, which int8 cannot represent")
+    return scale
 
 
 class Prefetcher:

@@ -3,7 +3,10 @@ fallback where ``phasenets._C`` is absent.
 
 Each function has the semantics of the ``torch.ops.phasenets`` op of the same name and fails the
 same way, with the same message (``csrc/checks.cpp`` holds the native twins of the checks below):
-``IndexError`` for an index out of range, ``RuntimeError`` for every other bad argument.
+``IndexError`` for an index out of range, ``RuntimeError`` for every other bad argument. The one
+exception is shared with the CUDA kernels: a gather from a table on a GPU never reads its indices
+back to the host (that would be a sync per call), so an out-of-range index there gives a NaN row
+instead of an ``IndexError``.
 Storage tables are 2-D ``[rows, row_elems]``; int8 rows carry a per-channel float32 ``scale`` of
 shape ``[C]`` where ``row_elems = C * spatial`` (channels-first features, flattened).
 """
@@ -127,6 +130,26 @@ def _gather(src: torch.Tensor, index: torch.Tensor, scale: torch.Tensor | None, 
     return dequantized.view(rows.shape).to(out_dtype)
 
 
+def _gather_guarded(src: torch.Tensor, index: torch.Tensor, scale: torch.Tensor | None,
+                    out_dtype: torch.dtype) -> torch.Tensor:
+    """The CUDA kernels' guard, without reading ``index`` on the host: rows of out-of-range
+    indices are NaN and read nothing (``index_select`` would fault on them)."""
+    if src.shape[0] == 0:
+        return torch.full((index.shape[0], src.shape[1]), float("nan"), dtype=out_dtype, device=src.device)
+    valid = (index >= 0) & (index < src.shape[0])
+    rows = _gather(src, torch.where(valid, index, torch.zeros_like(index)), scale, out_dtype)
+    return rows.masked_fill_(~valid.unsqueeze(1), float("nan"))
+
+
+def _checked_gather(src: torch.Tensor, index: torch.Tensor, scale: torch.Tensor | None, out_dtype: torch.dtype,
+                    op: str) -> torch.Tensor:
+    """Bounds checked with an ``IndexError`` on the CPU, guarded on a GPU (see the module doc)."""
+    if src.device.type != "cpu":
+        return _gather_guarded(src, index, scale, out_dtype)
+    _check_bounds(index, src.shape[0], op, "src")
+    return _gather(src, index, scale, out_dtype)
+
+
 def gather_rows(src: torch.Tensor, index: torch.Tensor, scale: torch.Tensor | None,
                 out_dtype: torch.dtype) -> torch.Tensor:
     """Rows ``src[index]`` as a new ``[len(index), row_elems]`` tensor of ``out_dtype``."""
@@ -134,8 +157,7 @@ def gather_rows(src: torch.Tensor, index: torch.Tensor, scale: torch.Tensor | No
     _check_index(index, src, GATHER, "src")
     _check_scale(scale, src, GATHER, "src")
     _check_output_dtype(out_dtype, GATHER)
-    _check_bounds(index, src.shape[0], GATHER, "src")
-    return _gather(src, index, scale, out_dtype)
+    return _checked_gather(src, index, scale, out_dtype, GATHER)
 
 
 def gather_rows_out(src: torch.Tensor, index: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor) -> None:
@@ -144,8 +166,7 @@ def gather_rows_out(src: torch.Tensor, index: torch.Tensor, scale: torch.Tensor 
     _check_index(index, src, GATHER_OUT, "src")
     _check_scale(scale, src, GATHER_OUT, "src")
     _check_gather_output(out, src, index.shape[0], GATHER_OUT)
-    _check_bounds(index, src.shape[0], GATHER_OUT, "src")
-    out.copy_(_gather(src, index, scale, out.dtype))
+    out.copy_(_checked_gather(src, index, scale, out.dtype, GATHER_OUT))
 
 
 def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor | None) -> None:
@@ -167,7 +188,9 @@ def scatter_rows(dst: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, sca
 
 def compute_int8_scale(rows: torch.Tensor, channels: int) -> torch.Tensor:
     """Per-channel int8 scale ``absmax / 127`` over rows ``[B, channels * spatial]`` (float32
-    ``[channels]``); an all-zero channel gets scale 1."""
+    ``[channels]``); an all-zero channel gets scale 1, a channel holding NaN or an infinity a
+    non-finite scale (refusing it would need a sync on a GPU: ``ops.compute_int8_scale`` refuses
+    it on the CPU)."""
     if rows.dim() != 2:
         raise RuntimeError(f"{SCALE}: rows must be a 2-D tensor [rows, row_elems], got shape {list(rows.shape)}")
     if rows.dtype not in FLOAT_DTYPES:
@@ -177,8 +200,6 @@ def compute_int8_scale(rows: torch.Tensor, channels: int) -> torch.Tensor:
     if rows.shape[0] == 0:
         raise RuntimeError(f"{SCALE}: rows is empty; the scale needs at least one row")
     absmax = rows.detach().reshape(rows.shape[0], channels, -1).abs().amax(dim=(0, 2)).float()
-    if not bool(torch.isfinite(absmax).all()):
-        raise RuntimeError(f"{SCALE}: rows hold NaN or infinite values, which int8 cannot represent")
     return (absmax / 127.0).masked_fill(absmax == 0, 1.0)
 
 

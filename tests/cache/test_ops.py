@@ -276,12 +276,25 @@ def test_compute_int8_scale_errors_match():
     for rows, channels, message in [
         (torch.ones(2, 6), 4, "channels = 4 does not divide the 6 elements of a row"),
         (torch.ones(0, 6), 2, "rows is empty"),
-        (torch.tensor([[1.0, float("inf")]]), 1, "rows hold NaN or infinite values"),
         (torch.ones(2, 6, dtype=torch.int8), 2, "rows dtype must be one of float32, float16, bfloat16, got int8"),
     ]:
         for fn in (reference.compute_int8_scale, torch.ops.phasenets.compute_int8_scale):
             with pytest.raises(RuntimeError, match=re.escape(message)):
                 fn(rows, channels)
+
+
+def test_int8_scale_of_non_finite_rows():
+    """The op never looks at the values on the host (on CUDA that is a sync): a channel holding NaN
+    or an infinity gets a non-finite scale; the Python wrapper refuses it on the CPU, where
+    checking costs nothing."""
+    rows = torch.tensor([[1.0, float("inf"), 0.0], [2.0, 0.0, float("nan")]])
+    backends = [reference.compute_int8_scale] + (
+        [torch.ops.phasenets.compute_int8_scale] if _extension.native_available() else [])
+    for compute in backends:
+        scale = compute(rows, 3)
+        assert scale[0] == 2.0 / 127 and scale[1] == float("inf") and scale[2].isnan()
+    with pytest.raises(RuntimeError, match=re.escape("rows hold NaN or infinite values, which int8 cannot represent")):
+        ops.compute_int8_scale(rows, 3)
 
 
 # --- torch.compile support ---------------------------------------------------------------------------
@@ -297,6 +310,37 @@ def test_ops_have_fake_implementations():
                           test_utils=checks)
     torch.library.opcheck(torch.ops.phasenets.scatter_rows.default, (table, index, torch.randn(2, 6), scale),
                           test_utils=checks)
+    torch.library.opcheck(torch.ops.phasenets.compute_int8_scale.default, (torch.randn(4, 6), 2))
+    assert not torch.ops.phasenets.compute_int8_scale(torch.randn(4, 6, requires_grad=True), 2).requires_grad
+
+
+@needs_native
+def test_ops_compile_without_graph_breaks():
+    """The read path traces whole (fullgraph): no op reads a value back to the host. aot_eager
+    runs dynamo and AOT autograd over the fake implementations without a C++ compile."""
+
+    def quantize_and_read(rows, table, index):
+        scale = torch.ops.phasenets.compute_int8_scale(rows, 2)
+        return scale * 2, torch.ops.phasenets.gather_rows(table, index, None, torch.float16) + 1
+
+    compiled = torch.compile(quantize_and_read, fullgraph=True, backend="aot_eager")
+    rows, (table, _), index = torch.randn(5, 6), make_table(10, 2, 3, torch.float32), torch.tensor([9, 0, 4])
+    for got, want in zip(compiled(rows, table, index), quantize_and_read(rows, table, index)):
+        assert torch.equal(got, want)
+
+
+def test_reference_guard_of_device_reads():
+    """What a gather from a GPU table gives for out-of-range indices, without a sync: a NaN row,
+    and nothing read outside the table (the CUDA kernels do the same; tests/cache/test_cuda_cache.py
+    checks both on a GPU)."""
+    table, scale = make_table(6, 2, 2, torch.int8)
+    index = torch.tensor([5, -1, 6, 2**40, 0])
+    for src, src_scale in [(table, scale), (table[:0], scale)]:
+        guarded = reference._gather_guarded(src, index, src_scale, torch.bfloat16)
+        assert guarded.shape == (5, 4) and guarded.dtype == torch.bfloat16
+        valid = (index >= 0) & (index < src.shape[0])
+        assert bool(guarded[~valid].isnan().all())
+        assert torch.equal(guarded[valid], reference.gather_rows(src, index[valid], src_scale, torch.bfloat16))
 
 
 # --- prefetcher ----------------------------------------------------------------------------------------
@@ -440,9 +484,35 @@ def test_cuda_kernels_match_reference(src_dtype):
     ops.scatter_rows(table_gpu, targets.cuda(), values.cuda(), scale_gpu)
     reference.scatter_rows(table, targets, values, scale)
     assert torch.equal(table_gpu.cpu(), table)
-    with pytest.raises(IndexError, match=re.escape("index[1] = 64 is out of range")):
-        ops.gather_rows(table_gpu, torch.tensor([0, 64], device="cuda"), scale_gpu, torch.float32)
-    torch.cuda.synchronize()
+    # writes still check their targets on the host (the build path may sync)
+    with pytest.raises(IndexError, match=re.escape("phasenets.scatter_rows: index[1] = 64 is out of range")):
+        ops.scatter_rows(table_gpu, torch.tensor([0, 64], device="cuda"), values[:2].cuda(), scale_gpu)
+    with pytest.raises(RuntimeError, match=re.escape("index holds row 3 twice")):
+        ops.scatter_rows(table_gpu, torch.tensor([3, 3], device="cuda"), values[:2].cuda(), scale_gpu)
+    assert torch.equal(table_gpu.cpu(), table)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", SHAPES + [(8, 2, 8)], ids=str)  # 16-element rows: the 16-byte copy path too
+@pytest.mark.parametrize("src_dtype", STORAGE_DTYPES)
+def test_cuda_kernels_take_strided_and_empty_input(src_dtype, shape):
+    rows, channels, spatial = shape
+    table, scale = make_table(2 * rows, channels, spatial, src_dtype)
+    scale_gpu = scale.cuda() if scale is not None else None
+    every_other_row, every_other_row_gpu = table[::2], table.cuda()[::2]  # row stride 2 * row_elems
+    index_gpu = random_index(rows, 3 * rows).cuda()[::3]  # non-contiguous, with repeats
+    index = index_gpu.cpu()
+    for out_dtype in FLOAT_DTYPES:
+        expected = reference.gather_rows(every_other_row, index, scale, out_dtype)
+        assert torch.equal(ops.gather_rows(every_other_row_gpu, index_gpu, scale_gpu, out_dtype).cpu(), expected)
+        out = torch.full(expected.shape, float("nan"), dtype=out_dtype, device="cuda")
+        ops.gather_rows(every_other_row_gpu, index_gpu, scale_gpu, out=out)
+        assert torch.equal(out.cpu(), expected)
+    empty = torch.empty(0, dtype=torch.int64, device="cuda")
+    gathered = ops.gather_rows(every_other_row_gpu, empty, scale_gpu, torch.bfloat16)
+    assert gathered.is_cuda and gathered.shape == (0, channels * spatial)
+    ops.scatter_rows(every_other_row_gpu, empty, torch.empty(0, channels * spatial, device="cuda"), scale_gpu)
+    assert torch.equal(every_other_row_gpu.cpu(), every_other_row)
 
 
 @pytest.mark.cuda

@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <cmath>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -81,6 +83,19 @@ void int8_round_trip_within_half_a_step() {
   EXPECT((restored - values).abs().le(half_step).all().item<bool>());
 }
 
+// The scale never comes to the host inside the op (on CUDA that is a sync): non-finite rows give
+// a non-finite scale for the caller to refuse, and no error here.
+void int8_scale_of_non_finite_rows_is_non_finite() {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const at::Tensor rows = at::tensor(std::vector<float>{1, inf, 0, -2, 0, nan}).view({2, 3});
+  const at::Tensor scale = int8_scale(rows, 3);
+  EXPECT(scale[0].item<float>() == 2.0f / 127);
+  EXPECT(std::isinf(scale[1].item<float>()));
+  EXPECT(std::isnan(scale[2].item<float>()));
+  EXPECT(!int8_scale(at::randn({4, 6}).requires_grad_(), 2).requires_grad());
+}
+
 void scatter_converts_into_strided_rows() {
   at::Tensor backing = at::zeros({10, 6}, at::kHalf);
   at::Tensor every_other = backing.slice(0, 0, 10, 2);  // row stride 12 elements
@@ -146,6 +161,7 @@ int main() {
       {"gather_matches_index_select", gather_matches_index_select},
       {"gather_dequantizes_int8", gather_dequantizes_int8},
       {"int8_round_trip_within_half_a_step", int8_round_trip_within_half_a_step},
+      {"int8_scale_of_non_finite_rows_is_non_finite", int8_scale_of_non_finite_rows_is_non_finite},
       {"scatter_converts_into_strided_rows", scatter_converts_into_strided_rows},
       {"bad_indices_throw_before_touching_memory", bad_indices_throw_before_touching_memory},
       {"empty_index_is_a_no_op", empty_index_is_a_no_op},
