@@ -10,8 +10,8 @@ a note naming the GPU) in ``benchmark.extra_info`` for ``benchmarks/report.py``.
 - G1: ``torch.ops.phasenets.gather_rows`` (what a cuda-tier ``FeatureCache`` reads with) on a
   200,000 x 4,096 table in GPU memory (1.6 GB of fp16, far past the L2), 100 back-to-back calls
   of 256 random rows, vs as many ``dst.copy_(src)`` of one batch's bytes from consecutive slices
-  of the fp16 table. Both are timed with CUDA events, so a call's fixed costs count: the launch,
-  and the op's host-side index check (a small device-to-host copy and a sync per call). Bandwidth
+  of the fp16 table. Both are timed with CUDA events, so a call's fixed costs count (the launch;
+  the indices are not read back: the kernel guards its bounds on the device). Bandwidth
   is bytes read + bytes written on both sides: the gathered bytes' ratio for fp16; an int8 table
   dequantized to fp16 reads 1 byte and writes 2 per element. The 16,384-row batches show the
   kernel with the per-call costs amortized.

@@ -90,7 +90,10 @@ class DistributedContext:
             chosen = torch.device("cuda", local_rank)
         else:
             chosen = torch.device("cpu")
-        if world_size > 1 and not dist.is_initialized():
+        # under torchrun, a job of one process joins a group too (NCCL on a GPU): collectives and
+        # DDP then run as they would with more processes
+        launched = "TORCHELASTIC_RUN_ID" in os.environ
+        if (world_size > 1 or launched) and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo",
                                     timeout=timedelta(seconds=timeout_s), device_id=chosen if use_cuda else None)
         return cls(rank=rank, local_rank=local_rank, world_size=world_size, local_world_size=local_world_size,
@@ -103,13 +106,14 @@ class DistributedContext:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Whether this process is in a process group (several processes, or one under torchrun)."""
+        return self.world_size > 1 or dist.is_initialized()
 
     @property
     def rank_tag(self) -> str:
         """``""`` in one process, else ``"-rank<r>of<W>"``: a suffix that keeps per-rank files apart
         (a rank's feature cache holds its own shard, so two ranks must never share its file)."""
-        return f"-rank{self.rank}of{self.world_size}" if self.distributed else ""
+        return f"-rank{self.rank}of{self.world_size}" if self.world_size > 1 else ""
 
     def shard(self, items: Sequence[Item], *, pad: bool) -> list[Item]:
         """This rank's fixed share of ``items`` (all of them in one process); see :func:`shard`."""
