@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from phasenets._lazy import lazy_exports
+from phasenets._logging import install_console, set_verbosity
+
+install_console()
 
 __version__ = "0.1.0"
 
@@ -27,7 +30,7 @@ _EXPORTS = {
     "native_available": "phasenets._extension",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__", "set_verbosity"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from phasenets._extension import native_available

@@ -83,7 +83,9 @@ class TrainConfig:
     in_channels: int | None = _option(None, "image channels fed to the network: 1 (grayscale) or 3 (RGB) (default: the model's)")
     val_split: float = _option(0.0, "fraction of train carved out as validation when there is no validation folder")
     loader: str = _option("auto", "data loader", choices=LOADERS)
-    num_workers: int = _option(2, "data loading worker processes")
+    num_workers: int | None = _option(
+        None, "data loading worker processes [default: 1 on up to 3 cores, else a quarter of the cores, at most 4]"
+    )
     augment: str = _option("none", "augmentation preset", choices=AUGMENT_PRESETS)
     augment_options: dict = _option(
         {}, "augmentation options on top of the preset, NAME=VALUE (repeatable), e.g. rotation=10 hflip=true"
@@ -170,7 +172,7 @@ class TrainConfig:
     amp: str = _option("off", "mixed precision: autocast dtype; fp16 also uses a GradScaler", choices=AMP_MODES)
     device: str = _option("auto", "where to train (auto: cuda when available)", choices=DEVICES)
     num_threads: int | None = _option(
-        None, "CPU threads of each training process (default: torch's; 1 suits small models on few cores)"
+        None, "compute threads of each training process [default: its share of the cores less the loader workers]"
     )
     nproc: int = _option(
         1, "training processes on this machine, started by `phasenets train` itself: one per GPU (NCCL), "
@@ -224,7 +226,7 @@ class TrainConfig:
         _check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
         _check(self.max_epochs > 0, f"max_epochs must be positive, got {self.max_epochs}")
         _check(self.start_phase >= 1, f"start_phase must be at least 1, got {self.start_phase}")
-        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _check(self.num_workers is None or self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be at least 1, got {self.num_threads}")
         _check(self.nproc >= 1, f"nproc must be at least 1, got {self.nproc}")
         _check(self.dist_timeout > 0, f"dist_timeout must be positive seconds, got {self.dist_timeout}")

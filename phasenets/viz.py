@@ -94,10 +94,12 @@ def replot_run(run_dir: str | Path) -> list[Path]:
     run_dir = RunDirectory(run_dir)
     if not run_dir.metrics_file.is_file():
         raise FileNotFoundError(f"{run_dir.path} has no metrics.csv; is it a phasenets run directory?")
-    phase_names = {}
+    phase_names, monitor = {}, "accuracy"
     if run_dir.summary_file.is_file():  # a finished run knows its phases' names ("finetune", "standard")
-        phase_names = {phase["index"]: phase["name"] for phase in json.loads(run_dir.summary_file.read_text())["phases"]}
-    return plot_history(run_dir, phase_names)
+        summary = json.loads(run_dir.summary_file.read_text())
+        phase_names = {phase["index"]: phase["name"] for phase in summary["phases"]}
+        monitor = summary.get("config", {}).get("monitor", monitor)
+    return plot_history(run_dir, phase_names, monitor)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ Typical use (one process builds, any number reuse)::
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -37,6 +37,8 @@ from phasenets.cache.storage import (BuildLock, CacheLockTimeout, DiskBuild, all
 from phasenets.cache.tiers import Placement, Tier
 
 __all__ = ["FeatureCache", "CacheLockTimeout"]
+
+log = logging.getLogger("phasenets")
 
 WRITABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the scatter op takes as input
 REQUANTIZE_ROWS = 4096  # rows requantized at a time when an int8 scale grows (bounds the float copy)
@@ -173,7 +175,7 @@ class FeatureCache:
         lock = BuildLock(cache_file_paths(cache_dir, name)[2], lock_timeout)
         try:
             # another process may have built it while this one waited for the lock
-            reopened = cls._open_or_warn(cache_dir, fingerprint, name, tier)
+            reopened = cls._open_or_warn(cache_dir, fingerprint, name, tier, quiet=True)
             if reopened is not None:
                 lock.release()
                 return reopened
@@ -206,11 +208,14 @@ class FeatureCache:
         return FeatureCache(self._header, memory, tier, committed=True)
 
     @classmethod
-    def _open_or_warn(cls, cache_dir, fingerprint, name, tier) -> FeatureCache | None:
+    def _open_or_warn(cls, cache_dir, fingerprint, name, tier, quiet: bool = False) -> FeatureCache | None:
+        """The committed cache, or None; a damaged file is reported (unless ``quiet``: a second
+        look at the file already reported) and left for the build to replace."""
         try:
             return cls.open(cache_dir, fingerprint, name, tier=tier)
         except CacheFormatError as error:
-            warnings.warn(f"rebuilding the feature cache: {error}", RuntimeWarning, stacklevel=3)
+            if not quiet:
+                log.warning("rebuilding the feature cache: %s", error)
             return None
 
     @staticmethod

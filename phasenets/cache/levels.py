@@ -257,7 +257,7 @@ class FeatureLevels:
         try:
             return FeatureCache.open(cache_dir, fingerprint, name, tier=tier)
         except CacheFormatError as error:
-            self.info("rebuilding the %s cache: %s", name, error)
+            log.warning("rebuilding the feature cache: %s", error)
             return None
 
     def _build_in_memory(self, spec: CacheSpec, fingerprint: str, tier: Tier, level: int,

@@ -47,7 +47,7 @@ def run_demo(data_dir: str | Path = "data/demo", output_dir: str | Path = "runs/
         config = TrainConfig(
             data_dir=str(data_dir), dataset_name="digits", model="lenet5", schedule=schedule, optimizer="adam",
             max_epochs=max_epochs, patience=patience, batch_size=64, num_workers=num_workers, loader=loader,
-            output=str(run_dir), tensorboard=False, seed=0, num_threads=1, head=head,
+            output=str(run_dir), seed=0, num_threads=1, head=head,
         )
         started = time.perf_counter()
         result = PhaseTrainer(config).fit()

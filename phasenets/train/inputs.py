@@ -48,6 +48,7 @@ class ImageFeed:
     image_size: int
     in_channels: int
     normalization: Normalization
+    num_workers: int
 
     def samples(self, split: str) -> list:
         """This process's fixed shard of ``split`` (all of it in one process), the same every epoch
@@ -88,7 +89,7 @@ class ImageFeed:
             batching.update(shuffle=True, drop_last=False)
         return build_loader(
             self.samples(split), kind=self.config.loader, image_size=self.image_size, in_channels=self.in_channels,
-            augment=self.augment(split), normalization=self.normalization, num_workers=self.config.num_workers,
+            augment=self.augment(split), normalization=self.normalization, num_workers=self.num_workers,
             **batching,
         )
 

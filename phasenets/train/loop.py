@@ -8,6 +8,7 @@ on. Its inputs come from ``setup.inputs`` (a level cache or the recomputed froze
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -257,9 +258,11 @@ def end_phase(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> Ph
     if reestimated or val_metrics is None:  # new statistics, or a resumed phase: score the weights again
         val_metrics = evaluate(setup, state.stage, setup.inputs.source("validation", phase)).compute()
     test_metrics = None
-    if setup.config.use_test and "test" in setup.inputs.loaders:
+    # the last phase's network is the whole network: its test score is the final one (finish)
+    if setup.config.use_test and "test" in setup.inputs.loaders and phase != setup.plan[-1]:
         test_metrics = evaluate(setup, state.stage, setup.inputs.source("test", phase)).compute()
-        _log_metrics(setup, state, "test", test_metrics, 0.0, epoch=state.stopper.best_epoch)
+        setup.recorder.log_metrics(phase, state.stopper.best_epoch, "test", test_metrics, None, 0.0,
+                                   state.global_epoch)
         setup.info("%s test loss %.4f acc %.4f", phase.name, test_metrics.loss, test_metrics.accuracy)
     waited = setup.inputs.wait_fraction(phase.name)
     if waited is not None:
@@ -292,18 +295,26 @@ def precise_batch_norm(setup: RunSetup, state: PhaseState) -> bool:
 
 
 def finish(setup: RunSetup, results: list[PhaseResult], started: float) -> TrainResult:
-    """Evaluate the whole network, write the final checkpoint, summary and plots."""
+    """Evaluate the whole network (the last phase's best-validation weights) once, on the test
+    split where there is one: that is the run's test score, the last phase's included. Then write
+    the final checkpoint, the summary and the plots."""
     split = "test" if "test" in setup.inputs.loaders else "validation"
     tracker = evaluate(setup, setup.model, setup.inputs.images(split))
     metrics = tracker.compute()
     classes = setup.data.classes
+    last = results[-1]
     final = {
-        "split": split, **metrics.as_dict(),
+        "split": split, **metrics.as_dict(), "weights": {"phase": last.index, "best_epoch": last.best_epoch},
         "per_class_accuracy": dict(zip(classes, per_class_accuracy(tracker.confusion.cpu()))),
         "confusion_matrix": tracker.confusion.cpu().tolist(),
     }
+    if split == "test" and setup.config.use_test:
+        results[-1] = dataclasses.replace(last, test=metrics.as_dict())
+        setup.recorder.log_metrics(setup.plan[-1], last.best_epoch, "test", metrics, None, 0.0,
+                                   sum(result.epochs for result in results))
     checkpoint = setup.run_dir.final_checkpoint
-    setup.info("final %s accuracy %.4f (%d images)", split, metrics.accuracy, metrics.count)
+    setup.info("final %s accuracy %.4f (%d images): %s at its best validation epoch (%d)", split, metrics.accuracy,
+               metrics.count, last.name, last.best_epoch)
     summary = {
         "config": setup.recorder.identity.config, "classes": classes,
         "model": asdict(setup.recorder.identity.model), "phases": [asdict(r) for r in results], "final": final,

@@ -48,7 +48,7 @@ class RunRecorder:
     """
 
     def __init__(self, run_dir: RunDirectory, identity: RunIdentity, *, is_main: bool, background: bool,
-                 tensorboard: bool, resumed_at: tuple[int, int, bool] | None = None):
+                 tensorboard: bool, monitor: str = "accuracy", resumed_at: tuple[int, int, bool] | None = None):
         self.run_dir = run_dir
         self.identity = identity
         self.is_main = is_main
@@ -59,7 +59,7 @@ class RunRecorder:
         if is_main:
             if resumed_at is not None:
                 truncate_metrics(run_dir.metrics_file, lambda row: _written_before(row, *resumed_at))
-            self.log = RunLog(run_dir, tensorboard=tensorboard)
+            self.log = RunLog(run_dir, tensorboard=tensorboard, monitor=monitor)
         self._previous_shared: str | None = None  # the last phase-shared file written (save_shared)
         self._changed_since_shared: set[str] = set()  # state entries trained since it was written
 
@@ -96,8 +96,8 @@ class RunRecorder:
         """Note that a phase changed these state entries (the next shared file must hold them)."""
         self._changed_since_shared.update(stage_names)
 
-    def log_metrics(self, phase: Phase, epoch: int, split: str, metrics: SplitMetrics, lr: float, seconds: float,
-                    step: int) -> None:
+    def log_metrics(self, phase: Phase, epoch: int, split: str, metrics: SplitMetrics, lr: float | None,
+                    seconds: float, step: int) -> None:
         if self.log is not None:
             self.log.log(phase.index, epoch, split, metrics, lr, seconds, step)
 

@@ -9,7 +9,7 @@ from typing import Callable
 from phasenets.train.metrics import SplitMetrics
 from phasenets.train.rundir import RunDirectory
 
-__all__ = ["CSV_FIELDS", "RunLog", "read_metrics", "truncate_metrics", "plot_history"]
+__all__ = ["CSV_FIELDS", "RunLog", "best_epochs", "read_metrics", "truncate_metrics", "plot_history"]
 
 CSV_FIELDS = ["phase", "epoch", "split", "loss", "accuracy", "top5", "lr", "seconds"]
 # Plots are redrawn at a phase end only while drawing them has cost under this share of the run's
@@ -24,8 +24,9 @@ class RunLog:
     Only rank 0 makes one; the CSV is flushed after every row so a killed run keeps its history.
     """
 
-    def __init__(self, run_dir: RunDirectory, tensorboard: bool = True):
+    def __init__(self, run_dir: RunDirectory, tensorboard: bool = True, monitor: str = "accuracy"):
         self.run_dir = run_dir
+        self.monitor = monitor  # what picks a phase's best epoch, marked in the plots
         self.csv_path = run_dir.metrics_file
         self._opened = time.perf_counter()
         self._rows = 0  # rows logged by this process
@@ -40,13 +41,14 @@ class RunLog:
             self._file.flush()
         self._tensorboard = _open_tensorboard(run_dir.tensorboard_dir) if tensorboard else None
 
-    def log(self, phase: int, epoch: int, split: str, metrics: SplitMetrics, lr: float, seconds: float,
+    def log(self, phase: int, epoch: int, split: str, metrics: SplitMetrics, lr: float | None, seconds: float,
             step: int) -> None:
-        """Record one pass over ``split``; ``step`` is the x axis in TensorBoard (epochs over all phases)."""
+        """Record one pass over ``split``; ``step`` is the x axis in TensorBoard (epochs over all phases);
+        ``lr`` None for a pass that trains nothing (a test)."""
         self._writer.writerow({
             "phase": phase, "epoch": epoch, "split": split, "loss": f"{metrics.loss:.6g}",
             "accuracy": f"{metrics.accuracy:.6g}", "top5": "" if metrics.top5 is None else f"{metrics.top5:.6g}",
-            "lr": f"{lr:.6g}", "seconds": f"{seconds:.3f}",
+            "lr": "" if lr is None else f"{lr:.6g}", "seconds": f"{seconds:.3f}",
         })
         self._file.flush()
         self._rows += 1
@@ -55,7 +57,7 @@ class RunLog:
             self._tensorboard.add_scalar(f"{split}/accuracy", metrics.accuracy, step)
             if metrics.top5 is not None:
                 self._tensorboard.add_scalar(f"{split}/top5", metrics.top5, step)
-            if split == "train":
+            if split == "train" and lr is not None:
                 self._tensorboard.add_scalar("lr", lr, step)
             self._tensorboard.flush()
 
@@ -69,7 +71,7 @@ class RunLog:
         if not final and self._plot_seconds + self._last_plot_seconds > PLOT_TIME_SHARE * elapsed:
             return
         started = time.perf_counter()
-        plot_history(self.run_dir, phase_names)
+        plot_history(self.run_dir, phase_names, self.monitor)
         self._last_plot_seconds = time.perf_counter() - started
         self._plot_seconds += self._last_plot_seconds
         self._rows_plotted = self._rows
@@ -106,10 +108,26 @@ def truncate_metrics(csv_path: Path, keep: Callable[[dict[str, str]], bool]) -> 
     tmp.replace(csv_path)
 
 
-def plot_history(run_dir: RunDirectory, phase_names: dict[int, str]) -> list[Path]:
+def best_epochs(rows: list[dict[str, str]], monitor: str = "accuracy") -> dict[int, dict[str, str]]:
+    """Each phase's validation row of its best epoch: the highest accuracy or the lowest loss,
+    the earliest of equals (early stopping keeps the first best)."""
+    best: dict[int, dict[str, str]] = {}
+    sign = 1.0 if monitor == "accuracy" else -1.0
+    for row in rows:
+        if row["split"] != "validation":
+            continue
+        phase = int(row["phase"])
+        if phase not in best or sign * float(row[monitor]) > sign * float(best[phase][monitor]):
+            best[phase] = row
+    return best
+
+
+def plot_history(run_dir: RunDirectory, phase_names: dict[int, str], monitor: str = "accuracy") -> list[Path]:
     """``accuracy.png`` and ``loss.png``: every epoch of every phase on one axis, phases marked.
 
-    Train and validation are lines; a phase's test evaluation is a marker at the phase's end.
+    Train and validation are lines; each phase's best validation epoch (by ``monitor``: the
+    weights the phase keeps) is a star, and a phase's test evaluation a dot at that epoch. The
+    title names the run.
     """
     import matplotlib
 
@@ -126,9 +144,14 @@ def plot_history(run_dir: RunDirectory, phase_names: dict[int, str]) -> list[Pat
         offsets[phase] = start
         start += last_epoch[phase]
 
+    best = best_epochs(rows, monitor)
     paths = []
     for metric, label in (("accuracy", "top-1 accuracy"), ("loss", "loss")):
         figure, axes = plt.subplots(figsize=(8, 4.5))
+        kept = [(offsets[phase] + int(row["epoch"]), float(row[metric])) for phase, row in best.items()]
+        if kept:
+            xs, ys = zip(*kept)
+            axes.plot(xs, ys, "*", color="C1", markersize=11, label=f"best validation {monitor} (kept)", zorder=3)
         for split, style, color in (("train", "-", "C0"), ("validation", "-", "C1"), ("test", "o", "C2")):
             legend = split  # once per split, not once per phase
             for phase, offset in offsets.items():  # lines break at phase boundaries
@@ -146,6 +169,7 @@ def plot_history(run_dir: RunDirectory, phase_names: dict[int, str]) -> list[Pat
         axes.set_xlim(0.5, start + 0.5)
         axes.set_xlabel("epoch (all phases)")
         axes.set_ylabel(label)
+        axes.set_title(f"{run_dir.path.name}: {label}")
         axes.legend(loc="best")
         axes.grid(alpha=0.3)
         figure.tight_layout()

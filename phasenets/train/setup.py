@@ -32,6 +32,7 @@ from phasenets.train.plan import Phase, build_plan
 from phasenets.train.precision import Precision
 from phasenets.train.preflight import apply_report, check_images
 from phasenets.train.recorder import RunIdentity, RunRecorder
+from phasenets.train.resources import CpuPlan, plan_cpu
 from phasenets.train.results import PhaseResult
 from phasenets.train.rundir import RunDirectory
 
@@ -78,6 +79,8 @@ class RunSetup:
     precision: Precision
     inputs: PhaseInputs
     recorder: RunRecorder
+    cpu: CpuPlan
+    threads_before: int  # torch's compute threads before the run took them: put back at close
 
     def info(self, message: str, *args: Any) -> None:
         """A progress line, from rank 0 only."""
@@ -96,6 +99,7 @@ class RunSetup:
             self.recorder.close()
         finally:
             self.inputs.close()
+            torch.set_num_threads(self.threads_before)
         if succeeded:
             self.dist.close()
 
@@ -114,6 +118,7 @@ def prepare_run(config: TrainConfig, model: nn.Module | None = None) -> RunSetup
     are checked before the images are; the run directory is created last.
     """
     dist = join_processes(config)
+    cpu = plan_cpu(config.num_workers, config.num_threads, dist.local_world_size)
     run_dir = claim_run_dir(config, dist)
     _check_model_name(config, model)
     seed_everything(config.seed, config.deterministic)
@@ -128,22 +133,25 @@ def prepare_run(config: TrainConfig, model: nn.Module | None = None) -> RunSetup
     normalization = choose_normalization(config, data, model, start, transfer, dist)
     plan = plan_phases(config, model, frozen_blocks, dist)
     precision = Precision(dist.device, config.amp, config.channels_last)
-    images = ImageFeed(config, data, dist, model.input_shape[-1], model.input_shape[0], normalization)
-    resolved = resolve_config(config, data, model, run_dir)
+    images = ImageFeed(config, data, dist, model.input_shape[-1], model.input_shape[0], normalization, cpu.workers)
+    resolved = resolve_config(config, data, model, run_dir, cpu)
     _create_run_dir(run_dir, dist)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(cpu.threads)
     inputs = PhaseInputs.build(images, model, plan, run_dir, precision, _rank0_info(dist))
     if dist.is_main:
         log.info("data: %s images in %d classes; loader: %s", ", ".join(
             f"{len(images.samples(split))} {split}" for split in inputs.loaders), data.num_classes,
             inputs.loaders["train"].description)
+        log.info("cpu: %s", cpu.describe())
     identity = RunIdentity(model=model_record(model, config.head), classes=data.classes,
                            normalization={"mean": list(normalization.mean), "std": list(normalization.std)},
                            config=resolved.to_dict(), task=task, frozen_blocks=list(frozen_blocks))
     recorder = RunRecorder(run_dir, identity, is_main=dist.is_main, background=dist.world_size == 1,
-                           tensorboard=config.tensorboard, resumed_at=_resumed_at(start))
+                           tensorboard=config.tensorboard, monitor=config.monitor, resumed_at=_resumed_at(start))
     recorder.save_config(resolved)
     return RunSetup(resolved, dist, run_dir, data, model, frozen_blocks, tuple(plan), start, precision, inputs,
-                    recorder)
+                    recorder, cpu, threads_before)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,11 +327,12 @@ def plan_phases(config: TrainConfig, model: nn.Module, frozen_blocks: tuple[int,
     return plan
 
 
-def resolve_config(config: TrainConfig, data: DatasetSplits, model: nn.Module, run_dir: RunDirectory) -> TrainConfig:
+def resolve_config(config: TrainConfig, data: DatasetSplits, model: nn.Module, run_dir: RunDirectory,
+                   cpu: CpuPlan) -> TrainConfig:
     """``config`` with what the run derived filled in: what ``config.yaml`` and every checkpoint record."""
     return dataclasses.replace(config, num_classes=data.num_classes, image_size=model.input_shape[-1],
                                in_channels=model.input_shape[0], lr=config.learning_rate, output=str(run_dir.path),
-                               resume=None)
+                               resume=None, num_workers=cpu.workers, num_threads=cpu.threads)
 
 
 def model_record(model: nn.Module, head: str) -> ModelRecord:

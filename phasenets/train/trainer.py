@@ -3,11 +3,9 @@
 directly to look at or change a run between the two."""
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from phasenets.train.loop import run_phases
@@ -34,17 +32,5 @@ class PhaseTrainer:
 
     def fit(self) -> TrainResult:
         started = time.perf_counter()
-        with compute_threads(self.config.num_threads), prepare_run(self.config, self.model) as setup:
+        with prepare_run(self.config, self.model) as setup:
             return run_phases(setup, started)
-
-
-@contextlib.contextmanager
-def compute_threads(count: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``count`` (None: left as they are) for the block, then put back."""
-    threads = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

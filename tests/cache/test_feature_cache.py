@@ -1,3 +1,4 @@
+import logging
 import os
 import signal
 import subprocess
@@ -5,6 +6,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -306,15 +308,18 @@ def stamp_other_version(path):
         (stamp_other_version, "format version"),
     ],
 )
-def test_damaged_files_are_refused_and_rebuilt(tmp_path, damage, message):
+def test_damaged_files_are_refused_and_rebuilt(tmp_path, damage, message, caplog):
     cache, features = build(tmp_path, "disk", "fp32")
     cache.close()
     damage(tmp_path / "features.pncache")
     with pytest.raises(CacheFormatError, match=message):
         FeatureCache.open(tmp_path, "fp-1")
-    with pytest.warns(RuntimeWarning, match="rebuilding the feature cache"):
+    with caplog.at_level(logging.WARNING, logger="phasenets"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, in the log, not again as a warning
         rebuilt = FeatureCache.open_or_build(lambda c: fill(c, features), cache_dir=tmp_path, fingerprint="fp-1",
                                              num_samples=N, feature_shape=SHAPE, views=V, dtype="fp32")
+    assert [record.message for record in caplog.records].count(caplog.records[0].message) == 1
+    assert "rebuilding the feature cache" in caplog.text and "delete it" not in caplog.text
     assert torch.equal(rebuilt.read(torch.arange(N), views=1), features[1])
 
 

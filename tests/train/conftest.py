@@ -60,7 +60,8 @@ def tiny_config(data_dir: Path, output: Path, **options):
     from phasenets.config import TrainConfig
 
     settings = dict(data_dir=str(data_dir), output=str(output), in_channels=1, batch_size=8, max_epochs=2,
-                    num_workers=0, loader="torch", tensorboard=False, optimizer="adam", lr=0.01, seed=0)
+                    num_workers=0, num_threads=1, loader="torch", tensorboard=False, optimizer="adam", lr=0.01,
+                    seed=0)
     settings.update(options)
     return TrainConfig(**settings)
 

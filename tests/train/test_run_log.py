@@ -15,7 +15,7 @@ def clock_and_drawings(monkeypatch):
     now = [1000.0]
     drawings = []
 
-    def draw(run_dir, phase_names):
+    def draw(run_dir, phase_names, monitor):
         drawings.append(now[0])
         now[0] += 1.0
 
@@ -48,3 +48,11 @@ def test_phase_end_plots_wait_until_they_cost_under_five_percent(tmp_path, clock
     log.refresh_plots({}, final=True)  # nothing new since: nothing to draw
     assert len(drawings) == 2
     log.close()
+
+
+def test_the_best_epoch_of_each_phase_is_the_first_best_by_the_monitor():
+    rows = [{"phase": "1", "epoch": str(e), "split": "validation", "accuracy": acc, "loss": loss}
+            for e, acc, loss in ((1, "0.5", "1.0"), (2, "0.7", "0.9"), (3, "0.7", "0.8"))]
+    rows.append({"phase": "1", "epoch": "3", "split": "train", "accuracy": "0.99", "loss": "0.1"})
+    assert run_log.best_epochs(rows)[1]["epoch"] == "2"  # the first of two equal accuracies
+    assert run_log.best_epochs(rows, "loss")[1]["epoch"] == "3"

@@ -100,6 +100,20 @@ def test_run_directory_contents(phasewise_run):
     assert set(summary["final"]["per_class_accuracy"]) == set(CLASSES)
 
 
+def test_the_last_phase_and_the_run_report_one_test_score(phasewise_run):
+    """The last phase's network is the whole network: its test score is the run's, computed once,
+    and the summary, the metrics file and the result say the same, naming the weights it belongs to."""
+    result, _, _ = phasewise_run
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    last = result.phases[-1]
+    assert last.test == {key: result.final[key] for key in ("loss", "accuracy", "top5", "count")}
+    assert summary["phases"][-1]["test"] == last.test
+    assert summary["final"]["weights"] == {"phase": 3, "best_epoch": last.best_epoch}
+    rows = [r for r in csv.DictReader(open(result.run_dir / "metrics.csv")) if r["split"] == "test"]
+    assert [(r["phase"], r["epoch"]) for r in rows][-1] == ("3", str(last.best_epoch))
+    assert float(rows[-1]["accuracy"]) == pytest.approx(result.test_accuracy, abs=1e-6) and rows[-1]["lr"] == ""
+
+
 def test_early_stopping_restores_best_weights(tmp_path):
     # validation labels are a permutation of the train labels: the better the network learns,
     # the worse it validates, so the first epoch is the best and patience runs out after it
