@@ -3,10 +3,12 @@
 ``check_dataset`` fully decodes every image (threads: PIL decodes with the GIL released), hashes
 its bytes, and reports problems in three severities:
 
-- ``fatal``: training cannot use it as it is. Undecodable files (``empty_file``,
-  ``not_an_image``, ``corrupt``, ``unsupported_mode``) are *skippable*: ``filter_bad`` drops them
-  (``--on-bad-image skip``). Layout problems (``layout``, ``empty_class``, ``no_classes``,
-  ``class_mismatch``) are not.
+- ``fatal``: training cannot use it as it is. Bad files are *skippable*: ``filter_bad`` drops them
+  (``--on-bad-image skip``): ``not_a_file`` (named like an image, but a FIFO, socket, device,
+  link to a folder, dangling link or link loop: never opened), ``unreadable`` (cannot be opened),
+  ``too_large`` (over the byte or pixel limit of :mod:`phasenets.data.images`: refused before it
+  is read or decoded), ``empty_file``, ``not_an_image``, ``corrupt``, ``unsupported_mode``. Layout
+  problems (``layout``, ``empty_class``, ``no_classes``, ``class_mismatch``) are not.
 - ``converted``: the loaders convert it (``converted``: CMYK, 16-bit, alpha); nothing to do.
 - ``warning``: usable, worth a look (``too_small``, ``duplicate`` across splits, ``ignored_file``
   with a non-image extension, ``no_validation``).
@@ -14,16 +16,16 @@ its bytes, and reports problems in three severities:
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from phasenets.data.images import IMAGE_EXTENSIONS, conversion_note, to_channels
+from phasenets.data.images import (IMAGE_EXTENSIONS, BadImageError, conversion_note, open_image_file, read_header,
+                                   to_channels)
 from phasenets.data.layout import DatasetError, DatasetSplits, Sample, inspect_layout
 
 SEVERITIES = ("fatal", "converted", "warning")
@@ -83,10 +85,14 @@ class CheckReport:
 
 def check_dataset(data_dir: str | os.PathLike, image_size: int | None = None,
                   crop_size: int | None = None, num_workers: int | None = None,
-                  progress: bool | None = None) -> CheckReport:
+                  progress: bool | None = None, max_bytes: int | None = None,
+                  max_pixels: int | None = None) -> CheckReport:
     """Scan and fully decode a dataset folder; see the module docstring for what is reported.
 
-    ``progress`` None shows a progress bar only on a terminal.
+    ``progress`` None shows a progress bar only on a terminal. ``max_bytes`` and ``max_pixels``
+    override :data:`~phasenets.data.images.MAX_FILE_BYTES` and
+    :data:`~phasenets.data.images.MAX_IMAGE_PIXELS`; memory stays within one decoded image per
+    thread whatever the files hold.
     """
     root = os.path.abspath(os.fspath(data_dir))
     try:
@@ -99,13 +105,14 @@ def check_dataset(data_dir: str | os.PathLike, image_size: int | None = None,
                                 "--val-split to carve one", "warning"))
     problems += [Problem(path, "ignored_file", f"not a {'/'.join(IMAGE_EXTENSIONS)} file, ignored",
                          "warning") for path in scan.ignored]
+    problems += [Problem(path, "not_a_file", why, "fatal", skippable=True) for path, why in scan.not_files.items()]
 
     split_of = {path: split for split, by_class in scan.files.items()
                 for images in by_class.values() for path in images}
     min_side = crop_size or (image_size // 2 if image_size else MIN_SIDE)
     digests = defaultdict(list)
     with ThreadPoolExecutor(max_workers=num_workers or min(8, os.cpu_count() or 1)) as pool:
-        results = pool.map(lambda path: _inspect_image(path, min_side), split_of)
+        results = pool.map(lambda path: _inspect_image(path, min_side, max_bytes, max_pixels), split_of)
         bar = tqdm(zip(split_of, results), total=len(split_of), unit="img", desc="checking images",
                    disable=None if progress is None else not progress)  # None: on a terminal only
         for path, (digest, found) in bar:
@@ -135,40 +142,56 @@ def filter_bad(splits: DatasetSplits, report: CheckReport) -> DatasetSplits:
                    validation=keep(splits.validation, "validation"), test=keep(splits.test, "test"))
 
 
-def _inspect_image(path: str, min_side: int) -> tuple[str | None, list[Problem]]:
-    """(sha1 of the bytes or None, problems) for one file."""
-    def bad(kind: str, message: str) -> tuple[str | None, list[Problem]]:
-        return digest, [Problem(path, kind, message, "fatal", skippable=True)]
-
-    with open(path, "rb") as file:
-        data = file.read()
-    digest = hashlib.sha1(data).hexdigest() if data else None
-    if not data:
-        return bad("empty_file", "zero-byte file")
+def _inspect_image(path: str, min_side: int, max_bytes: int | None,
+                   max_pixels: int | None) -> tuple[str | None, list[Problem]]:
+    """(sha1 of the bytes, or None for a bad file; problems) for one file. The file is hashed and
+    decoded from disk, never held in memory whole."""
     try:
-        image = Image.open(io.BytesIO(data))
+        with open_image_file(path, max_bytes) as file:
+            digest = _sha1(file)
+            if file.tell() == 0:
+                raise BadImageError(path, "zero-byte file", "empty_file")
+            file.seek(0)
+            return digest, _decode(file, path, min_side, max_pixels)
+    except BadImageError as error:
+        return None, [Problem(path, error.kind, error.reason, "fatal", skippable=True)]
+
+
+def _sha1(file) -> str:
+    digest = hashlib.sha1()
+    for block in iter(lambda: file.read(2**20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _decode(file, path: str, min_side: int, max_pixels: int | None) -> list[Problem]:
+    """The warnings of one decodable image; :class:`BadImageError` for an image training cannot use."""
+    try:
+        image = read_header(file, path, max_pixels)
     except UnidentifiedImageError:
-        return bad("not_an_image", "not an image file (its contents match no image format)")
+        raise BadImageError(path, "not an image file (its contents match no image format)", "not_an_image") from None
+    except BadImageError:
+        raise
     except Exception as error:  # noqa: BLE001 - any failure to parse the header makes the file bad
-        return bad("corrupt", f"header cannot be read: {error}")
+        raise BadImageError(path, f"header cannot be read: {error}") from None
     with image:
         try:
             image.load()
-        except Exception as error:  # noqa: BLE001 - truncated, broken streams, decompression bombs
-            return bad("corrupt", f"cannot be decoded ({image.format}): {error}")
-        problems = []
-        note = conversion_note(image)
+        except Exception as error:  # noqa: BLE001 - truncated or broken streams
+            raise BadImageError(path, f"cannot be decoded ({image.format}): {error}") from None
         try:
             to_channels(image, 3)
         except Exception as error:  # noqa: BLE001
-            return bad("unsupported_mode", f"mode {image.mode} cannot be converted to RGB: {error}")
-        if note:
+            raise BadImageError(path, f"mode {image.mode} cannot be converted to RGB: {error}",
+                                "unsupported_mode") from None
+        problems = []
+        if note := conversion_note(image):
             problems.append(Problem(path, "converted", note, "converted"))
         width, height = image.size
         if min(width, height) < min_side:
             problems.append(Problem(path, "too_small", f"{width}x{height} pixels, smaller than {min_side} "
                                     "on a side: it will be upscaled", "warning"))
-    return digest, problems
+    return problems
 
 
 def _cross_split_duplicates(digests: dict[str, list[str]], split_of: dict[str, str]) -> list[Problem]:
@@ -180,4 +203,3 @@ def _cross_split_duplicates(digests: dict[str, list[str]], split_of: dict[str, s
                 problems.append(Problem(path, "duplicate", f"identical to {others} (in another split: "
                                         "evaluation would see training data)", "warning"))
     return problems
-
