@@ -12,6 +12,11 @@ its bytes, and reports problems in three severities:
 - ``converted``: the loaders convert it (``converted``: CMYK, 16-bit, alpha); nothing to do.
 - ``warning``: usable, worth a look (``too_small``, ``duplicate`` across splits, ``ignored_file``
   with a non-image extension, ``no_validation``).
+
+One rule says what is too small, whoever asks (``phasenets train`` passes its ``--image-size``,
+``phasenets data check`` its own): :func:`too_small_below`. Without an image size only
+:data:`MIN_SIDE` applies, so ``data check`` flags fewer images than a training at 32 px or more
+unless it is given the same ``--image-size``; each report keeps the threshold it used.
 """
 from __future__ import annotations
 
@@ -26,12 +31,17 @@ from tqdm import tqdm
 
 from phasenets.data.images import (IMAGE_EXTENSIONS, BadImageError, conversion_note, open_image_file, read_header,
                                    to_channels)
-from phasenets.data.layout import DatasetError, DatasetSplits, Sample, inspect_layout
+from phasenets.data.layout import SPLIT_NAMES, DatasetError, DatasetSplits, Sample, inspect_layout
 
 SEVERITIES = ("fatal", "converted", "warning")
-# An image is "too small" below crop_size, else below half of image_size (more than 2x upscaling),
-# else below this many pixels on a side.
-MIN_SIDE = 8
+MIN_SIDE = 8  # pixels: a shorter side below this is too small for any network input size
+
+
+def too_small_below(image_size: int | None = None, crop_size: int | None = None) -> int:
+    """The side in pixels below which an image is reported ``too_small``: the largest of
+    :data:`MIN_SIDE`, half of ``image_size`` (the network's input side: more than 2x upscaling)
+    and ``crop_size``."""
+    return max(MIN_SIDE, (image_size or 0) // 2, crop_size or 0)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class CheckReport:
     root: str
     num_images: int
     problems: list[Problem]
+    image_size: int | None = None  # the network input side the check was run for, if given
+    min_side: int = MIN_SIDE       # its too_small threshold: too_small_below(image_size, crop_size)
 
     @property
     def ok(self) -> bool:
@@ -79,7 +91,8 @@ class CheckReport:
         if not self.ok and not self.blocking:
             verdict += " (--on-bad-image skip would leave out the bad files)"
         lines.append(f"{self.root}: {self.num_images} images, {self.count('fatal')} fatal, "
-                     f"{self.count('converted')} converted, {self.count('warning')} warnings: {verdict}")
+                     f"{self.count('converted')} converted, {self.count('warning')} warnings "
+                     f"(too small: under {self.min_side} px on a side): {verdict}")
         return "\n".join(lines)
 
 
@@ -95,10 +108,11 @@ def check_dataset(data_dir: str | os.PathLike, image_size: int | None = None,
     thread whatever the files hold.
     """
     root = os.path.abspath(os.fspath(data_dir))
+    min_side = too_small_below(image_size, crop_size)
     try:
         scan = inspect_layout(root)
     except DatasetError as error:
-        return CheckReport(root, 0, [Problem(root, "layout", str(error), "fatal")])
+        return CheckReport(root, 0, [Problem(root, "layout", str(error), "fatal")], image_size, min_side)
     problems = [Problem(p.path, p.kind, p.message, "fatal") for p in scan.problems]
     if "validation" not in scan.split_dirs:
         problems.append(Problem(root, "no_validation", "no validation/ (or val/) folder: train needs "
@@ -109,7 +123,6 @@ def check_dataset(data_dir: str | os.PathLike, image_size: int | None = None,
 
     split_of = {path: split for split, by_class in scan.files.items()
                 for images in by_class.values() for path in images}
-    min_side = crop_size or (image_size // 2 if image_size else MIN_SIDE)
     digests = defaultdict(list)
     with ThreadPoolExecutor(max_workers=num_workers or min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(lambda path: _inspect_image(path, min_side, max_bytes, max_pixels), split_of)
@@ -119,9 +132,9 @@ def check_dataset(data_dir: str | os.PathLike, image_size: int | None = None,
             problems += found
             if digest is not None:
                 digests[digest].append(path)
-    problems += _cross_split_duplicates(digests, split_of)
+    problems += _cross_split_duplicates(root, digests, split_of)
     problems.sort(key=lambda p: (SEVERITIES.index(p.severity), p.path, p.kind))
-    return CheckReport(root, len(split_of), problems)
+    return CheckReport(root, len(split_of), problems, image_size, min_side)
 
 
 def filter_bad(splits: DatasetSplits, report: CheckReport) -> DatasetSplits:
@@ -194,12 +207,14 @@ def _decode(file, path: str, min_side: int, max_pixels: int | None) -> list[Prob
     return problems
 
 
-def _cross_split_duplicates(digests: dict[str, list[str]], split_of: dict[str, str]) -> list[Problem]:
+def _cross_split_duplicates(root: str, digests: dict[str, list[str]], split_of: dict[str, str]) -> list[Problem]:
+    """One warning per set of identical files found in more than one split, on its first file."""
     problems = []
-    for paths in digests.values():
-        if len({split_of[p] for p in paths}) > 1:
-            for path in paths:
-                others = ", ".join(p for p in paths if p != path)
-                problems.append(Problem(path, "duplicate", f"identical to {others} (in another split: "
-                                        "evaluation would see training data)", "warning"))
+    for first, *others in digests.values():
+        splits = sorted({split_of[p] for p in (first, *others)}, key=SPLIT_NAMES.index)
+        if len(splits) > 1:
+            where = "evaluation would see training data" if "train" in splits else "the evaluation splits overlap"
+            copies = ", ".join(os.path.relpath(path, root) for path in others)
+            problems.append(Problem(first, "duplicate", f"identical to {copies} (one image in "
+                                    f"{' and '.join(splits)}: {where})", "warning"))
     return problems
