@@ -93,7 +93,6 @@ def open_image_file(path: str, max_bytes: int | None = None) -> Iterator[BinaryI
         if info.st_size > limit:
             raise BadImageError(path, f"{info.st_size:,} bytes, above the limit of {limit:,} "
                                 "(phasenets.data.images.MAX_FILE_BYTES); not read", "too_large")
-        os.set_blocking(file.fileno(), True)
         yield file
 
 
@@ -185,7 +184,9 @@ def _composite_on_black(image: Image.Image) -> Image.Image:
     return background
 
 
-_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO for reading blocks without it (absent on Windows)
+# Opening a FIFO for reading blocks until a writer comes; with this flag it returns at once. It does
+# nothing to reads of a regular file. Windows has no FIFOs to open and no such flag.
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _WARNINGS_LOCK = threading.Lock()
 _FILE_TYPES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"))
