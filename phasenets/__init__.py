@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from phasenets._lazy import lazy_exports
 from phasenets._logging import install_console, set_verbosity
 
-install_console()
+from phasenets._version import __version__
 
-__version__ = "0.1.0"
+install_console()
 
 # public name -> module that defines it
 _EXPORTS = {

@@ -10,3 +10,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_preflight_cache(tmp_path_factory):
+    """The preflight keeps its reports in a user-level folder: a session of its own, so the suite
+    neither writes into ~/.cache nor reuses a report another run left there."""
+    import os
+
+    os.environ["PHASENETS_CACHE_DIR"] = str(tmp_path_factory.mktemp("phasenets-cache"))

@@ -1,7 +1,8 @@
 """The package's layering (DESIGN.md, "Layout"), read from the source: no import circle, and no
 import that runs against the layers.
 
-    leaves   errors, _atomic, _extension, _lazy, _logging: import nothing of phasenets (any layer may use them)
+    leaves   errors, _atomic, _extension, _lazy, _logging, _version: import nothing of phasenets (any layer
+             may use them)
     models/  torch only (+ the leaves)
     data/    torch and DALI (+ the leaves); DALI nowhere else
     cache/   the native extension and torch (+ the leaves)
@@ -22,7 +23,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "phasenets"
 
-LEAVES = {"phasenets.errors", "phasenets._atomic", "phasenets._extension", "phasenets._lazy", "phasenets._logging"}
+LEAVES = {"phasenets.errors", "phasenets._atomic", "phasenets._extension", "phasenets._lazy", "phasenets._logging",
+          "phasenets._version"}
 LAYERS = {  # layer -> the layers it may import (besides itself and the leaves)
     "leaf": set(),
     "models": set(),

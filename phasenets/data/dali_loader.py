@@ -25,14 +25,12 @@ so every triple stays truthful) and listed in ``loader.bad_files`` with a warnin
 from __future__ import annotations
 
 import collections
-import io
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
 # Imported here, not lazily: `phasenets.data.build_loader(kind="auto")` falls back to the torch
 # loader exactly when importing this module fails.
@@ -45,7 +43,8 @@ except ImportError as error:
     raise ImportError("the DALI loader needs NVIDIA DALI: `pip install nvidia-dali-cuda130` (the wheel "
                       "matching your CUDA), or use the torch loader (`--loader torch`)") from error
 
-from phasenets.data.layout import Sample
+from phasenets.data.images import BadImageError, open_image_file, read_header
+from phasenets.data.layout import DatasetError, Sample
 from phasenets.data.torch_loader import SampledLoader, ShardedBatchSampler
 from phasenets.data.transforms import (AugmentConfig, AugmentParams, ImageTransform, Normalization,
                                        affine_matrix, crop_box, erase_box)
@@ -54,10 +53,6 @@ from phasenets.data.transforms import (AugmentConfig, AugmentParams, ImageTransf
 _PREFETCH_DEPTH = 2
 # A JPEG's EOI marker can be followed by padding; look for it in this many trailing bytes.
 _JPEG_TAIL_BYTES = 1024
-
-
-class BadImageError(ValueError):
-    """A file that cannot be fed to the DALI decoder; the message says why."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,20 +133,23 @@ def read_encoded(path: str, header: Header | None = None) -> tuple[np.ndarray, H
     """The file's bytes and header, or :class:`BadImageError` for a file the decoder would choke
     on: empty, not an image, or a JPEG / PNG cut short. Pass the ``header`` of an earlier read to
     skip parsing it again (the completeness checks still run)."""
-    with open(path, "rb") as file:
+    with open_image_file(path) as file:  # a regular file within the size limit, or BadImageError
         data = file.read()
-    if not data:
-        raise BadImageError(f"{path}: empty file")
-    if header is None:
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                header = Header(image.width, image.height, image.format)
-        except Exception as error:  # PIL raises many types for garbage input
-            raise BadImageError(f"{path}: not an image file PIL can identify") from error
+        if not data:
+            raise BadImageError(path, "empty file", "empty_file")
+        if header is None:
+            file.seek(0)
+            try:
+                with read_header(file, path) as image:  # within the pixel limit
+                    header = Header(image.width, image.height, image.format)
+            except BadImageError:
+                raise
+            except Exception as error:  # PIL raises many types for garbage input
+                raise BadImageError(path, "not an image file PIL can identify") from error
     if header.format == "JPEG" and data.rfind(b"\xff\xd9", max(0, len(data) - _JPEG_TAIL_BYTES)) < 0:
-        raise BadImageError(f"{path}: truncated JPEG (no end-of-image marker)")
+        raise BadImageError(path, "truncated JPEG (no end-of-image marker)")
     if header.format == "PNG" and b"IEND" not in data[-32:]:
-        raise BadImageError(f"{path}: truncated PNG (no IEND chunk)")
+        raise BadImageError(path, "truncated PNG (no IEND chunk)")
     return np.frombuffer(data, dtype=np.uint8), header
 
 
@@ -372,7 +370,8 @@ class DaliLoader(SampledLoader):
                 except (BadImageError, OSError) as error:
                     self._quarantine(index, str(error))
             index = (index + 1) % len(self._paths)
-        raise BadImageError("every file of this split is unreadable; run `phasenets data check`")
+        raise DatasetError(f"every file of this split is unreadable (the first: {self._paths[0]}); "
+                           "run `phasenets data check`")
 
     def _quarantine(self, index: int, reason: str) -> None:
         self._bad[index] = reason

@@ -3,6 +3,12 @@
 The class index comes from the sorted names of the train class folders and is the same in every
 split. A sample's index is its position in its split's list, which is sorted by (class, path), so
 the same folder always gives the same indices: the feature cache keys on them.
+
+A sample is always a regular file (after following symbolic links) with an image extension. An
+entry named like an image that is anything else (a FIFO, socket, device, a link to a directory, a
+dangling link or a link loop) is never a sample, so no loader, with or without the preflight, opens
+one (a FIFO would block it forever); the scan lists such entries by name (``not_files``) and the
+preflight reports them as bad files. A real folder is a folder whatever its name: its images count.
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from phasenets.data.images import IMAGE_EXTENSIONS, is_image_file
+from phasenets.data.images import IMAGE_EXTENSIONS, is_image_file, not_a_file
 
 SPLIT_NAMES = ("train", "validation", "test")
 _SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
@@ -37,6 +43,7 @@ class DatasetSplits:
     validation: list[Sample]
     test: list[Sample] = field(default_factory=list)
     validation_carved: bool = False  # validation was carved out of train by ``val_split``
+    not_files: dict[str, str] = field(default_factory=dict)  # entries named like images left out: path -> why
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +83,7 @@ class LayoutScan:
     split_dirs: dict[str, str]                 # split name -> folder, for the splits present
     files: dict[str, dict[str, list[str]]]     # split -> class -> sorted image paths
     ignored: list[str]                         # non-image files inside class folders
+    not_files: dict[str, str]                  # entries named like images that are no regular file: path -> why
     problems: list[LayoutProblem]              # structural problems
 
 
@@ -88,12 +96,20 @@ def find_split_dir(root: str, split: str) -> str | None:
 
 
 def list_class_files(split_dir: str) -> tuple[dict[str, list[str]], list[str]]:
-    """``{class: sorted image paths}`` for every class folder of a split, and the other files.
+    """``{class: sorted image paths}`` for every class folder of a split, and the other entries
+    (non-image files, and entries named like images that are no regular file)."""
+    files, ignored, not_files = _walk_split(split_dir)
+    return files, ignored + sorted(not_files)
+
+
+def _walk_split(split_dir: str) -> tuple[dict[str, list[str]], list[str], dict[str, str]]:
+    """``({class: sorted image paths}, non-image files, {entry named like an image that is no
+    regular file: why})`` of a split folder.
 
     Class folders are searched recursively; hidden files and folders (``.DS_Store``,
-    ``.ipynb_checkpoints``) are skipped silently, other non-image files are returned as ignored.
+    ``.ipynb_checkpoints``) are skipped silently. Links to folders are not followed.
     """
-    files, ignored = {}, []
+    files, ignored, not_files = {}, [], {}
     for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
@@ -103,13 +119,19 @@ def list_class_files(split_dir: str) -> tuple[dict[str, list[str]], list[str]]:
         images = []
         for folder, subdirs, names in os.walk(entry.path):
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            for name in sorted(names):
+            linked = [d for d in subdirs if is_image_file(d) and os.path.islink(os.path.join(folder, d))]
+            for name in sorted(names + linked):
                 if name.startswith("."):
                     continue
                 path = os.path.join(folder, name)
-                (images if is_image_file(name) else ignored).append(path)
+                if not is_image_file(name):
+                    ignored.append(path)
+                elif why := not_a_file(path):
+                    not_files[path] = why
+                else:
+                    images.append(path)
         files[entry.name] = sorted(images)
-    return files, ignored
+    return files, ignored, not_files
 
 
 def inspect_layout(data_dir: str | os.PathLike) -> LayoutScan:
@@ -129,10 +151,11 @@ def inspect_layout(data_dir: str | os.PathLike) -> LayoutScan:
             f"{root} has no train/ folder (found: {', '.join(found) or 'nothing'}); expected "
             "data_dir/train/<class>/<images>, plus validation/ (or val/) and optionally test/")
 
-    files, ignored, problems = {}, [], []
+    files, ignored, not_files, problems = {}, [], {}, []
     for split, path in split_dirs.items():
-        files[split], split_ignored = list_class_files(path)
+        files[split], split_ignored, split_not_files = _walk_split(path)
         ignored += split_ignored
+        not_files.update(split_not_files)
         for name, images in files[split].items():
             if not images:
                 folder = os.path.join(path, name)
@@ -146,7 +169,7 @@ def inspect_layout(data_dir: str | os.PathLike) -> LayoutScan:
         if split != "train" and set(files[split]) != train_classes:
             problems.append(LayoutProblem("class_mismatch", path,
                                           _class_mismatch(split, train_classes, set(files[split]))))
-    return LayoutScan(root, split_dirs, files, ignored, problems)
+    return LayoutScan(root, split_dirs, files, ignored, not_files, problems)
 
 
 def scan_dataset(data_dir: str | os.PathLike, val_split: float = 0.0, seed: int = 0) -> DatasetSplits:
@@ -156,7 +179,8 @@ def scan_dataset(data_dir: str | os.PathLike, val_split: float = 0.0, seed: int 
     split out of train: per class, a seeded shuffle puts ``round(val_split * n)`` images (at least
     one, and never all of them) in validation. With a validation folder, ``val_split`` is ignored.
     Raises :class:`DatasetError` for a missing train folder, a missing validation split without
-    ``val_split``, empty class folders and class sets that differ between splits.
+    ``val_split``, empty class folders and class sets that differ between splits. Entries named
+    like images that are no regular file are left out and listed in ``not_files``.
     """
     if not 0.0 <= val_split < 1.0:
         raise DatasetError(f"val_split must be in [0, 1), got {val_split}")
@@ -179,7 +203,7 @@ def scan_dataset(data_dir: str | os.PathLike, val_split: float = 0.0, seed: int 
                 "train with val_split (e.g. --val-split 0.2)")
         train, validation = carve_validation(train, val_split, seed, classes)
         carved = True
-    return DatasetSplits(scan.root, classes, train, validation, samples("test"), carved)
+    return DatasetSplits(scan.root, classes, train, validation, samples("test"), carved, scan.not_files)
 
 
 def carve_validation(train: list[Sample], fraction: float, seed: int,

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from phasenets.data.images import load_image
-from phasenets.data.layout import Sample
+from phasenets.data.images import BadImageError, load_image
+from phasenets.data.layout import DatasetError, Sample
 from phasenets.data.transforms import AugmentConfig, ImageTransform, Normalization
 
 
@@ -39,9 +39,9 @@ class ImageDataset(Dataset):
         sample = self.samples[index]
         try:
             image = load_image(sample.path, self.transform.in_channels)
-        except Exception as error:  # name the file: a bare PIL error says nothing about which one
-            raise RuntimeError(f"cannot decode {sample.path}: {error}; run `phasenets data check` "
-                               "to list bad files, or train with --on-bad-image skip") from error
+        except BadImageError as error:  # one line naming the file (a one-argument error survives the workers)
+            raise DatasetError(f"{error}; run `phasenets data check` to list bad files, or train with "
+                               "--on-bad-image skip") from None
         return self.transform(image, index, view), sample.label, index
 
 

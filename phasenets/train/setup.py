@@ -123,7 +123,7 @@ def prepare_run(config: TrainConfig, model: nn.Module | None = None) -> RunSetup
     _check_model_name(config, model)
     seed_everything(config.seed, config.deterministic)
     task = task_record(config)
-    data = read_data(config, task, run_dir, dist)
+    data = read_data(config, task, run_dir, dist, _input_size(config, model))
     start = find_start(config, run_dir, dist)
     model = build_network(config, data, start, model)
     frozen_blocks, transfer = reused_blocks(config, model, start, dist)
@@ -199,17 +199,33 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def read_data(config: TrainConfig, task: dict | None, run_dir: RunDirectory, dist: DistributedContext) -> DatasetSplits:
-    """The dataset as this task sees it (``--hierarchy``), after the preflight (rank 0 checks)."""
+def read_data(config: TrainConfig, task: dict | None, run_dir: RunDirectory, dist: DistributedContext,
+              image_size: int) -> DatasetSplits:
+    """The dataset as this task sees it (``--hierarchy``), after the preflight (rank 0 checks;
+    ``image_size``, the network's input side, sets what counts as a tiny image)."""
     if config.data_dir is None:
         raise ConfigError("data_dir is required: the folder holding train/ and validation/ (--data-dir DIR)")
     splits = task_splits(config.data_dir, task, val_split=config.val_split, seed=config.seed)
     if config.skip_preflight:
         if dist.is_main:
             log.info("preflight skipped (--skip-preflight): an unreadable image stops training when reached")
+            if splits.not_files:
+                log.warning("left out %d entries named like images that are no regular file:\n%s", len(splits.not_files),
+                            "\n".join(f"  {path}: {why}" for path, why in splits.not_files.items()))
         return splits
-    report = check_images(splits, config.image_size, run_dir.path) if dist.is_main else None
+    report = check_images(splits, image_size, run_dir.path) if dist.is_main else None
     return apply_report(splits, dist.broadcast_object(report), config.on_bad_image)
+
+
+def _input_size(config: TrainConfig, model: nn.Module | None) -> int:
+    """The side of the network's input: the option, the given network's, or the architecture's default."""
+    if config.image_size is not None:
+        return config.image_size
+    if model is not None:
+        return model.input_shape[-1]
+    from phasenets.models import model_options
+
+    return model_options(config.model)["image_size"]
 
 
 def find_start(config: TrainConfig, run_dir: RunDirectory, dist: DistributedContext) -> StartPoint:

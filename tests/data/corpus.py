@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -100,3 +103,52 @@ def make_bad_corpus(root: str | os.PathLike) -> tuple[str, dict[str, str]]:
         os.remove(os.path.join(empty_class, name))
     expected[empty_class] = "empty_class"
     return root, expected
+
+
+# Entries no loader may decode, each planted by `plant_bad_entry`: the loaders and the preflight must
+# name them rather than hang (a FIFO), crash (links that lead nowhere) or take the machine's memory.
+BAD_ENTRIES = ("fifo", "symlink_loop", "dangling_symlink", "huge_sparse_file", "pixel_bomb")
+# A test that reads them fails after this long instead of hanging. The thread method ends the whole
+# session: a reader blocked on a FIFO in a worker thread outlives any exception raised in the main one.
+HANG_GUARD = pytest.mark.timeout(60, method="thread")
+HUGE_FILE_BYTES = 4 * 2**20  # the sparse file's size; tests lower MAX_FILE_BYTES under it
+
+
+def plant_bad_entry(folder: str | os.PathLike, case: str) -> tuple[str, str, str]:
+    """Plant the entry ``case`` (one of `BAD_ENTRIES`) in ``folder``; returns ``(path, problem kind,
+    a phrase the report must give for it)``. The sparse file is zeros, too large only under a
+    ``MAX_FILE_BYTES`` below `HUGE_FILE_BYTES`; the pixel bomb is too large under the default limit."""
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    if case == "fifo":
+        os.mkfifo(path := os.path.join(folder, "pipe.png"))
+        return path, "not_a_file", "a FIFO (named pipe)"
+    if case == "symlink_loop":
+        os.symlink("loop.png", path := os.path.join(folder, "loop.png"))
+        return path, "not_a_file", "symbolic link loop"
+    if case == "dangling_symlink":
+        os.symlink("gone.png", path := os.path.join(folder, "dangling.png"))
+        return path, "not_a_file", "dangling symbolic link (to gone.png"
+    if case == "huge_sparse_file":
+        with open(path := os.path.join(folder, "huge.jpg"), "wb") as file:
+            file.truncate(HUGE_FILE_BYTES)
+        return path, "too_large", f"{HUGE_FILE_BYTES:,} bytes, above the limit"
+    if case == "pixel_bomb":
+        write_pixel_bomb(path := os.path.join(folder, "bomb.png"), 12000, 12000)
+        return path, "too_large", "12000x12000 = 144,000,000 pixels, above the limit"
+    raise ValueError(f"unknown bad entry {case!r}; valid: {', '.join(BAD_ENTRIES)}")
+
+
+def write_pixel_bomb(path: str | os.PathLike, width: int, height: int) -> str:
+    """A black 1-bit PNG of ``width`` x ``height`` pixels that takes a few KB on disk (12,000 x 12,000:
+    17 KB), written row by row so that making it never holds the image in memory."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed bits
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale, no interlace
+    with open(path, "wb") as file:
+        file.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return os.fspath(path)

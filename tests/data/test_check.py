@@ -4,6 +4,7 @@ import shutil
 import pytest
 
 from phasenets.data import DatasetError, check_dataset, filter_bad, scan_dataset
+from phasenets.data.check import MIN_SIDE, too_small_below
 from tests.data.corpus import make_bad_corpus, make_dataset, write_image
 
 
@@ -64,12 +65,13 @@ def test_identical_files_in_two_splits_and_class_mismatch(tmp_path):
     (tmp_path / "train" / "dog" / "labels.csv").write_text("a,b\n")
     report = check_dataset(tmp_path, progress=False)
     found = kinds(report)
-    assert found[str(tmp_path / "train" / "cat" / "cat_0.png")] == "duplicate"
-    assert found[str(tmp_path / "validation" / "cat" / "leak.png")] == "duplicate"
+    assert found[str(tmp_path / "train" / "cat" / "cat_0.png")] == "duplicate"  # one warning names both files
+    assert ("train/cat/cat_0.png: identical to validation/cat/leak.png (one image in train and validation"
+            in report.format())
     assert found[str(tmp_path / "validation")] == "class_mismatch"
     assert "only in validation, not in train: eel" in report.format()
     assert found[str(tmp_path / "train" / "dog" / "labels.csv")] == "ignored_file"
-    assert len(found) == 4
+    assert len(found) == 3
 
 
 def test_size_thresholds_follow_crop_and_image_size(tmp_path):
@@ -78,6 +80,19 @@ def test_size_thresholds_follow_crop_and_image_size(tmp_path):
     assert {p.kind for p in check_dataset(tmp_path, crop_size=16, progress=False).problems} == {"too_small"}
     assert len(check_dataset(tmp_path, image_size=32, progress=False).problems) == 4  # 12 < 32 / 2
     assert check_dataset(tmp_path, image_size=24, progress=False).problems == []
+
+
+def test_one_too_small_rule_stated_in_every_report(tmp_path):
+    assert [too_small_below(size) for size in (None, 8, 16, 32, 224)] == [MIN_SIDE, 8, 8, 16, 112]
+    assert too_small_below(32, crop_size=24) == 24
+    write_image(tmp_path / "train" / "cat" / "small.png", size=(10, 12))
+    write_image(tmp_path / "validation" / "cat" / "fine.png", size=(40, 40))
+    unsized, sized = (check_dataset(tmp_path, image_size=size, progress=False) for size in (None, 32))
+    assert (unsized.min_side, sized.min_side, sized.image_size) == (8, 16, 32)
+    assert unsized.problems == [p for p in sized.problems if p.kind != "too_small"]
+    assert "(too small: under 8 px on a side)" in unsized.format()
+    assert "[too_small] train/cat/small.png: 10x12 pixels, smaller than 16 on a side" in sized.format()
+    assert "(too small: under 16 px on a side)" in sized.format()
 
 
 def test_layout_errors_become_fatal_problems(tmp_path):

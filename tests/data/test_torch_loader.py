@@ -117,14 +117,14 @@ def test_images_of_any_mode_come_out_with_in_channels(tmp_path):
 
 
 def test_a_corrupt_file_error_names_the_file(tmp_path):
-    from phasenets.data import Sample
+    from phasenets.data import DatasetError, Sample
 
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
     loader = build_torch_loader([Sample(str(bad), 0)], image_size=4, in_channels=3, augment=None,
                                 normalization=Normalization.identity(3), batch_size=1, shuffle=False,
                                 seed=0, num_workers=0)
-    with pytest.raises(RuntimeError, match=r"cannot decode .*bad\.jpg.*phasenets data check"):
+    with pytest.raises(DatasetError, match=r"bad\.jpg: cannot be decoded.*phasenets data check"):
         next(iter(loader))
 
 
