@@ -4,10 +4,15 @@
 #include "cpu/rows_cpu.h"
 #include "device_transfer.h"
 
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <string>
 
 namespace phasenets {
@@ -17,10 +22,11 @@ constexpr const char* kOp = "phasenets.Prefetcher";
 
 Prefetcher::Prefetcher(at::Tensor storage, std::vector<at::Tensor> batches,
                        std::optional<at::Tensor> scale, at::ScalarType out_dtype, int64_t depth,
-                       int64_t num_workers, std::optional<at::Device> device)
+                       int64_t num_workers, std::optional<at::Device> device,
+                       std::optional<std::pair<int64_t, int64_t>> file)
     // An alias of our own: the caller resizing or re-pointing its tensor cannot pull the table
     // out from under the workers.
-    : storage_(storage.alias()), out_dtype_(out_dtype), depth_(depth) {
+    : storage_(storage.alias()), out_dtype_(out_dtype), depth_(depth), file_(file) {
   check_storage(storage_, kOp, "storage");
   TORCH_CHECK(storage_.device().is_cpu(), kOp, ": storage must be on the CPU, got ",
               storage_.device(), " (a table already on the device is read with gather_rows)");
@@ -41,6 +47,12 @@ Prefetcher::Prefetcher(at::Tensor storage, std::vector<at::Tensor> batches,
                        where.c_str(), "storage");
     max_rows_ = std::max(max_rows_, index.numel());
     batches_.push_back(std::move(index));
+  }
+  if (file_.has_value()) {
+    TORCH_CHECK(file_->first >= 0 && file_->second >= 0, kOp, ": file needs a descriptor and an offset >= 0, got (",
+                file_->first, ", ", file_->second, ")");
+    TORCH_CHECK(storage_.is_contiguous(), kOp, ": a file-backed storage must be contiguous rows");
+    identity_ = at::arange(max_rows_, storage_.options().dtype(at::kLong));
   }
   if (device.has_value() && !device->is_cpu()) transfer_ = make_device_transfer(*device);
 
@@ -109,8 +121,35 @@ void Prefetcher::work() {
 at::Tensor Prefetcher::produce(int64_t batch) {
   const at::Tensor& index = batches_[batch];
   const at::Tensor host = acquire_buffer(index.numel());
-  cpu::gather_rows_into(storage_, index, scale_, host, /*parallel=*/false);
+  if (file_.has_value()) {
+    // the rows as stored, then converted (dequantized) in place of a gather from memory
+    const at::Tensor rows = read_rows(index);
+    cpu::gather_rows_into(rows, identity_.narrow(0, 0, index.numel()), scale_, host, /*parallel=*/false);
+  } else {
+    cpu::gather_rows_into(storage_, index, scale_, host, /*parallel=*/false);
+  }
   return transfer_ ? transfer_->upload(host) : host;
+}
+
+at::Tensor Prefetcher::read_rows(const at::Tensor& index) {
+  const int64_t num = index.numel();
+  const int64_t row_bytes = storage_.size(1) * static_cast<int64_t>(storage_.element_size());
+  at::Tensor rows = at::empty({num, storage_.size(1)}, storage_.options());
+  char* out = static_cast<char*>(rows.data_ptr());
+  const int64_t* ids = index.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < num; ++i) {
+    int64_t done = 0;
+    const off_t at = static_cast<off_t>(file_->second + ids[i] * row_bytes);
+    while (done < row_bytes) {  // pread may return less than asked (a signal, a pipe-like file)
+      const ssize_t got = ::pread(static_cast<int>(file_->first), out + i * row_bytes + done,
+                                  static_cast<size_t>(row_bytes - done), at + done);
+      if (got < 0 && errno == EINTR) continue;
+      TORCH_CHECK(got > 0, kOp, ": reading row ", ids[i], " of the cache file failed: ",
+                  got == 0 ? "the file ends early" : std::strerror(errno));
+      done += got;
+    }
+  }
+  return rows;
 }
 
 at::Tensor Prefetcher::acquire_buffer(int64_t rows) {

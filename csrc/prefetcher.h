@@ -2,6 +2,11 @@
 // gather the next `depth` batches ahead of the consumer (never holding the GIL) and hand them out
 // in order. With a CUDA device, each batch is staged in pinned memory and copied to the device on a
 // side stream.
+//
+// With a `file` (descriptor, byte offset of row 0), the rows are read from that file with
+// positioned reads (pread) instead of from the storage's memory, which then only gives the table's
+// shape and dtype: a disk-tier cache mapped in memory would otherwise keep every page it touched
+// resident, so the process's memory would grow with the file however little of it is in use.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -26,7 +31,8 @@ class Prefetcher {
   // input fails here, in the caller's thread.
   Prefetcher(at::Tensor storage, std::vector<at::Tensor> batches, std::optional<at::Tensor> scale,
              at::ScalarType out_dtype, int64_t depth, int64_t num_workers,
-             std::optional<at::Device> device);
+             std::optional<at::Device> device,
+             std::optional<std::pair<int64_t, int64_t>> file = std::nullopt);
   ~Prefetcher();
 
   Prefetcher(const Prefetcher&) = delete;
@@ -46,6 +52,7 @@ class Prefetcher {
   void work();
   at::Tensor produce(int64_t batch);
   at::Tensor acquire_buffer(int64_t rows);  // a free [rows, row_elems] view into the pool
+  at::Tensor read_rows(const at::Tensor& index);  // file mode: the rows, in storage dtype, by pread
 
   at::Tensor storage_;
   std::vector<at::Tensor> batches_;
@@ -53,6 +60,8 @@ class Prefetcher {
   at::ScalarType out_dtype_;
   int64_t depth_;
   int64_t max_rows_ = 0;
+  std::optional<std::pair<int64_t, int64_t>> file_;  // (descriptor, offset of row 0)
+  at::Tensor identity_;  // file mode: 0 .. max_rows - 1, gathering read rows in their order
   std::unique_ptr<DeviceTransfer> transfer_;
 
   std::mutex mutex_;  // guards everything below

@@ -18,9 +18,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Blocking calls drop the GIL: the workers never need it, and other Python threads keep running.
   py::class_<phasenets::Prefetcher>(m, "Prefetcher")
       .def(py::init<at::Tensor, std::vector<at::Tensor>, std::optional<at::Tensor>, at::ScalarType,
-                    int64_t, int64_t, std::optional<at::Device>>(),
+                    int64_t, int64_t, std::optional<at::Device>,
+                    std::optional<std::pair<int64_t, int64_t>>>(),
            py::arg("storage"), py::arg("batches"), py::arg("scale"), py::arg("out_dtype"),
-           py::arg("depth"), py::arg("num_workers"), py::arg("device"))
+           py::arg("depth"), py::arg("num_workers"), py::arg("device"), py::arg("file") = py::none())
       .def("next", &phasenets::Prefetcher::next, py::call_guard<py::gil_scoped_release>())
       .def("close", &phasenets::Prefetcher::close, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("num_batches", &phasenets::Prefetcher::num_batches);

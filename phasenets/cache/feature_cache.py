@@ -32,8 +32,8 @@ import torch
 from phasenets.cache import ops
 from phasenets.cache.fileformat import CacheFormatError, CacheHeader, encode_header
 from phasenets.cache.spec import CacheSpec
-from phasenets.cache.storage import (BuildLock, CacheLockTimeout, DiskBuild, allocate_rows, cache_file_paths,
-                                     copy_to_device, read_committed, view_rows)
+from phasenets.cache.storage import (BuildLock, CacheLockTimeout, DiskBuild, MappedFile, allocate_rows,
+                                     cache_file_paths, copy_to_device, read_committed)
 from phasenets.cache.tiers import Placement, Tier
 
 __all__ = ["FeatureCache", "CacheLockTimeout"]
@@ -50,14 +50,15 @@ class FeatureCache:
     :meth:`open_or_build`; do not call the constructor directly."""
 
     def __init__(self, header: CacheHeader, storage: torch.Tensor, tier: Tier, *, committed: bool,
-                 disk: DiskBuild | None = None):
+                 file: MappedFile | None = None, build: DiskBuild | None = None):
         self._header = header
         self._storage = storage  # [num_samples * views, row_elems] in the storage dtype
         self._scale = None if header.scale is None else header.scale.to(storage.device)
         self._fixed_scale = header.scale is not None  # given at creation, or read from a committed file
         self._tier = tier
         self._committed = committed
-        self._disk = disk
+        self._file = file  # the disk tier's file: `storage` maps it, reads go through it
+        self._build = build  # an uncommitted disk build (its partial file and lock)
         self._closed = False
         # which rows a build has written (1 byte per row, on the host, freed at commit), so that
         # commit can refuse a cache with holes instead of serving zeros as features
@@ -144,8 +145,8 @@ class FeatureCache:
         committed = read_committed(cache_dir, name, fingerprint, verify)
         if committed is None:
             return None
-        header, rows = committed
-        return cls(header, rows, Tier.DISK, committed=True)._moved_to(tier)
+        header, file = committed
+        return cls(header, file.rows(header.spec), Tier.DISK, committed=True, file=file)._moved_to(tier)
 
     @classmethod
     def open_or_build(
@@ -202,7 +203,10 @@ class FeatureCache:
         try:
             Placement(tier).check(self.nbytes, tier)  # a clear error if it does not fit
             memory = allocate_rows(self.spec, tier, zero=False)
-            memory.copy_(self._storage)
+            staging = memory if tier is Tier.HOST else allocate_rows(self.spec, Tier.HOST, zero=False)
+            self._file.read_into(staging)  # read, not copied from the mapping: no page stays mapped
+            if staging is not memory:
+                memory.copy_(staging)
         finally:
             self.close()
         return FeatureCache(self._header, memory, tier, committed=True)
@@ -229,8 +233,8 @@ class FeatureCache:
 
     @classmethod
     def _create_on_disk(cls, header: CacheHeader, cache_dir, name: str, lock: BuildLock) -> FeatureCache:
-        disk = DiskBuild.start(cache_dir, name, header, lock)
-        return cls(header, view_rows(disk.payload, header.spec), Tier.DISK, committed=False, disk=disk)
+        build = DiskBuild.start(cache_dir, name, header, lock)
+        return cls(header, build.file.rows(header.spec), Tier.DISK, committed=False, file=build.file, build=build)
 
     # ------------------------------------------------------------------ properties
 
@@ -317,6 +321,7 @@ class FeatureCache:
             self._grow_scale(flat)
         ops.scatter_rows(self._storage, copy_to_device(rows, self.device), flat, self._scale)
         self._written[rows] = True
+        self._release_pages()
 
     def _grow_scale(self, flat: torch.Tensor) -> None:
         """Widen the int8 scale where this batch exceeds it, requantizing the rows already written
@@ -339,7 +344,13 @@ class FeatureCache:
         for start in range(0, channels.shape[0], REQUANTIZE_ROWS):
             chunk = channels[start:start + REQUANTIZE_ROWS]
             chunk.copy_((chunk.float() * ratio).round_().clamp_(-127, 127))
+            self._release_pages()
         self._scale = grown
+
+    def _release_pages(self) -> None:
+        """A disk build hands the pages it wrote back to the page cache (see ``MappedFile``)."""
+        if self._file is not None:
+            self._file.release_pages()
 
     def read(
         self,
@@ -356,7 +367,11 @@ class FeatureCache:
         """
         self._check_open()
         rows = self._row_ids(indices, 0 if views is None else views, "views")
-        batch = ops.gather_rows(self._storage, copy_to_device(rows, self.device), self._scale, out_dtype)
+        if self._file is not None:  # through the file, as batches() reads it
+            batch = next(self._prefetched([rows], out_dtype, torch.device("cpu"), 1), None)
+            batch = ops.gather_rows(self._storage, rows, self._scale, out_dtype) if batch is None else batch
+        else:
+            batch = ops.gather_rows(self._storage, copy_to_device(rows, self.device), self._scale, out_dtype)
         batch = batch.view(rows.numel(), *self.feature_shape)
         return batch if device is None else batch.to(device, non_blocking=True)
 
@@ -392,9 +407,9 @@ class FeatureCache:
         target = torch.device(device) if device is not None else self.device
         order = copy_to_device(order.cpu(), target)
         index_batches = [order[start:start + batch_size] for start in starts]
-        if prefetch > 0 and self._tier is not Tier.CUDA:
+        if self._file is not None or (prefetch > 0 and self._tier is not Tier.CUDA):
             gathered = self._prefetched([rows[start:start + batch_size] for start in starts], out_dtype, target,
-                                        prefetch)
+                                        max(1, prefetch))
         else:  # a device-resident table is gathered in place: nothing to overlap
             rows = copy_to_device(rows, self.device)
             gathered = (ops.gather_rows(self._storage, rows[start:start + batch_size], self._scale, out_dtype)
@@ -405,8 +420,9 @@ class FeatureCache:
     def _prefetched(self, row_batches: list[torch.Tensor], out_dtype: torch.dtype, target: torch.device,
                     depth: int) -> Iterator[torch.Tensor]:
         # closed also when the consumer stops early: the workers must not outlive the epoch
+        source = None if self._file is None else self._file.source
         with ops.Prefetcher(self._storage, row_batches, self._scale, out_dtype, depth=depth,
-                            num_workers=PREFETCH_WORKERS, device=target) as prefetcher:
+                            num_workers=PREFETCH_WORKERS, device=target, file=source) as prefetcher:
             yield from prefetcher
 
     def _row_ids(self, indices: torch.Tensor, views: int | torch.Tensor, argument: str) -> torch.Tensor:
@@ -454,8 +470,9 @@ class FeatureCache:
                 f"index {first // self.views}, view {first % self.views}); write every view of every sample"
             )
         self._written = None
-        if self._disk is not None:
-            self._header = self._disk.commit(self._header, self._storage)
+        if self._build is not None:
+            self._header = self._build.commit(self._header)
+            self._build = None
         self._committed = True
 
     def close(self) -> None:
@@ -463,8 +480,10 @@ class FeatureCache:
         if self._closed:
             return
         self._closed = True
-        if self._disk is not None:
-            self._disk.close(discard=not self._committed)
+        if self._build is not None:
+            self._build.discard()
+        elif self._file is not None:
+            self._file.close()
         self._storage = None
         self._scale = None
         self._written = None

@@ -123,18 +123,22 @@ class Prefetcher:
         depth: batches gathered ahead of the consumer (>= 1).
         num_workers: gathering threads (>= 1; more than ``depth`` would idle).
         device: where batches are delivered; None or CPU keeps them on the host.
+        file: ``(descriptor, byte offset of row 0)``: read the rows from this file with
+            positioned reads (no GIL), ``storage`` (e.g. a mapping of the same file, never
+            touched) only giving the table's shape and dtype. A mapped file's pages stay in the
+            process's memory once read; reads keep it bounded by the batches in flight.
     """
 
     def __init__(self, storage: torch.Tensor, batches: Iterable[torch.Tensor], scale: torch.Tensor | None = None,
                  out_dtype: torch.dtype = torch.float32, *, depth: int = 2, num_workers: int = 1,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, file: tuple[int, int] | None = None) -> None:
         batches = list(batches)
         device = torch.device(device) if device is not None else None
         if device is not None and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         native = uses_native(storage) and (device is None or device.type == "cpu" or _extension.native_has_cuda())
         backend = _extension.native_module().Prefetcher if native else reference.Prefetcher
-        self._source = backend(storage, batches, scale, out_dtype, depth, num_workers, device)
+        self._source = backend(storage, batches, scale, out_dtype, depth, num_workers, device, file)
         self.native = native
 
     def __len__(self) -> int:

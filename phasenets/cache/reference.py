@@ -12,6 +12,7 @@ shape ``[C]`` where ``row_elems = C * spatial`` (channels-first features, flatte
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Sequence
@@ -208,16 +209,36 @@ def compute_int8_scale(rows: torch.Tensor, channels: int) -> torch.Tensor:
 _END = object()
 
 
+def read_file_rows(file: tuple[int, int], index: torch.Tensor, row_elems: int, dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``index`` of a table stored row after row in a file from byte ``file[1]`` on, read
+    with positioned reads into ``[len(index), row_elems]`` of ``dtype``."""
+    descriptor, offset = file
+    row_bytes = row_elems * dtype.itemsize
+    out = bytearray(len(index) * row_bytes)
+    view = memoryview(out)
+    for i, row in enumerate(index.tolist()):
+        done = 0
+        while done < row_bytes:
+            got = os.preadv(descriptor, [view[i * row_bytes + done:(i + 1) * row_bytes]], offset + row * row_bytes + done)
+            if got == 0:
+                raise RuntimeError(f"{PREFETCH}: reading row {row} of the cache file failed: the file ends early")
+            done += got
+    return torch.frombuffer(out, dtype=dtype).view(len(index), row_elems) if out else torch.empty(0, row_elems, dtype=dtype)
+
+
 class Prefetcher:
     """Thread-based twin of the native prefetcher: gathers the next ``depth`` batches of
     ``storage`` rows on one background thread and hands them out in order with :meth:`next`.
 
     ``num_workers`` is accepted for parity with the native class; this fallback uses one thread
     (torch ops drop the GIL while they copy, so one thread already overlaps with the trainer).
+    ``file``: ``(descriptor, offset of row 0)`` to read the rows from with positioned reads, the
+    storage then giving only the table's shape and dtype (as the native class).
     """
 
     def __init__(self, storage: torch.Tensor, batches: Sequence[torch.Tensor], scale: torch.Tensor | None,
-                 out_dtype: torch.dtype, depth: int, num_workers: int, device: torch.device | None) -> None:
+                 out_dtype: torch.dtype, depth: int, num_workers: int, device: torch.device | None,
+                 file: tuple[int, int] | None = None) -> None:
         _check_storage(storage, PREFETCH, "storage")
         if storage.device.type != "cpu":
             raise RuntimeError(f"{PREFETCH}: storage must be on the CPU, got {storage.device} "
@@ -238,14 +259,18 @@ class Prefetcher:
         self._error: BaseException | None = None
         self._thread = threading.Thread(
             # snapshots, as the native class takes: later in-place edits by the caller do not count
-            target=self._work, args=(storage, [index.clone() for index in batches], scale, out_dtype, device),
+            target=self._work, args=(storage, [index.clone() for index in batches], scale, out_dtype, device, file),
             name="phasenets-prefetch", daemon=True)
         self._thread.start()
 
-    def _work(self, storage, batches, scale, out_dtype, device) -> None:
+    def _work(self, storage, batches, scale, out_dtype, device, file) -> None:
         try:
             for index in batches:
-                batch = _gather(storage, index, scale, out_dtype)
+                if file is None:
+                    batch = _gather(storage, index, scale, out_dtype)
+                else:
+                    rows = read_file_rows(file, index, storage.shape[1], storage.dtype)
+                    batch = _gather(rows, torch.arange(len(index)), scale, out_dtype)
                 if device is not None and device.type != "cpu":
                     batch = batch.to(device)
                 if not self._put(batch):

@@ -13,21 +13,24 @@ import dataclasses
 import errno
 import fcntl
 import glob
+import mmap
 import os
 import time
+import zlib
 
 import numpy as np
 import torch
 
 from phasenets._atomic import fsync_directory
-from phasenets.cache.fileformat import CacheFormatError, CacheHeader, encode_header, payload_crc32, read_header
+from phasenets.cache.fileformat import CacheFormatError, CacheHeader, encode_header, read_header
 from phasenets.cache.spec import CacheSpec
 from phasenets.cache.tiers import Tier
 
-__all__ = ["FILE_SUFFIX", "BuildLock", "CacheLockTimeout", "DiskBuild", "allocate_rows", "cache_file_paths",
-           "copy_to_device", "read_committed", "view_rows"]
+__all__ = ["FILE_SUFFIX", "BuildLock", "CacheLockTimeout", "DiskBuild", "MappedFile", "allocate_rows",
+           "cache_file_paths", "copy_to_device", "read_committed", "view_rows"]
 
 FILE_SUFFIX = ".pncache"
+READ_CHUNK = 16 << 20  # bytes per positioned read of a whole payload (checksums, loading into memory)
 
 
 def allocate_rows(spec: CacheSpec, tier: Tier, zero: bool = True) -> torch.Tensor:
@@ -65,8 +68,8 @@ def cache_file_paths(cache_dir: str | os.PathLike, name: str) -> tuple[str, str,
 
 
 def read_committed(cache_dir: str | os.PathLike, name: str, fingerprint: str,
-                   verify: bool = True) -> tuple[CacheHeader, torch.Tensor] | None:
-    """The header and the mapped rows of the committed file ``<cache_dir>/<name>.pncache``; None
+                   verify: bool = True) -> tuple[CacheHeader, MappedFile] | None:
+    """The header and the payload of the committed file ``<cache_dir>/<name>.pncache``; None
     when there is none or it holds another fingerprint. Raises ``CacheFormatError`` for a torn,
     corrupt or foreign file (``verify``: the payload's checksum too, one sequential read)."""
     path = cache_file_paths(cache_dir, name)[0]
@@ -74,16 +77,88 @@ def read_committed(cache_dir: str | os.PathLike, name: str, fingerprint: str,
         file = open(path, "rb")
     except FileNotFoundError:
         return None
-    with file:  # header and payload come from this one open file, even if it is replaced meanwhile
+    try:  # header and payload come from this one open file, even if it is replaced meanwhile
         header = read_header(file)
         if header.fingerprint != fingerprint:
+            file.close()
             return None
-        mapped = np.memmap(file, dtype=np.uint8, mode="c", offset=header.payload_offset,
-                           shape=(header.payload_nbytes,))
-    rows = view_rows(torch.from_numpy(mapped), header.spec)
-    if verify and payload_crc32(rows) != header.payload_crc32:
+        mapped = MappedFile(file, np.memmap(file, dtype=np.uint8, mode="c", offset=header.payload_offset,
+                                            shape=(header.payload_nbytes,)), header.payload_offset)
+    except BaseException:
+        file.close()
+        raise
+    if verify and mapped.crc32() != header.payload_crc32:
+        mapped.close()
         raise CacheFormatError(f"{path}: payload checksum mismatch: the file is corrupt")
-    return header, rows
+    return header, mapped
+
+
+class MappedFile:
+    """A cache file's payload: mapped in memory, where a build writes its rows, and read with
+    positioned reads (``pread``), which keep no page of it in the process's memory.
+
+    A mapping keeps every page it touched resident (RSS counts them), so a disk-tier cache read or
+    written through it would hold as much memory as a host-tier one: reads go through the file
+    (the prefetcher's ``file`` source, :meth:`read_into`, :meth:`crc32`), and a build hands the
+    pages it wrote back to the page cache (:meth:`release_pages`).
+    """
+
+    def __init__(self, file, mapping: np.memmap, payload_offset: int):
+        self._file = file
+        self._mapping = mapping
+        self.payload_offset = payload_offset
+        self.nbytes = mapping.size
+
+    def rows(self, spec: CacheSpec) -> torch.Tensor:
+        """The mapped payload as ``[rows, row_elems]`` of the storage dtype (no copy)."""
+        return view_rows(torch.from_numpy(self._mapping), spec)
+
+    @property
+    def source(self) -> tuple[int, int]:
+        """``(descriptor, offset of row 0)``: the prefetcher's positioned-read source."""
+        return self._file.fileno(), self.payload_offset
+
+    def release_pages(self) -> None:
+        """Drop the mapped pages from this process's memory; their contents stay in the file (a
+        shared mapping's written pages are the page cache's, written back as usual)."""
+        self._mapping._mmap.madvise(mmap.MADV_DONTNEED)
+
+    def flush(self) -> None:
+        self._mapping.flush()  # msync: the payload reaches the file before a header claims it
+
+    def read_into(self, out: torch.Tensor) -> None:
+        """The whole payload into ``out`` (a contiguous CPU tensor of its size), by positioned reads."""
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        for start in range(0, self.nbytes, READ_CHUNK):
+            _read_exactly(self._file.fileno(), view[start:start + READ_CHUNK], self.payload_offset + start)
+
+    def crc32(self) -> int:
+        """CRC32 of the payload, read from the file in chunks."""
+        crc, buffer = 0, bytearray(min(READ_CHUNK, max(1, self.nbytes)))
+        for start in range(0, self.nbytes, READ_CHUNK):
+            chunk = memoryview(buffer)[:min(READ_CHUNK, self.nbytes - start)]
+            _read_exactly(self._file.fileno(), chunk, self.payload_offset + start)
+            crc = zlib.crc32(chunk, crc)
+        return crc
+
+    def write_header(self, header: bytes) -> None:
+        """Write ``header`` at the file's start and fsync the file."""
+        os.pwrite(self._file.fileno(), header, 0)
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._mapping = None
+        if not self._file.closed:
+            self._file.close()
+
+
+def _read_exactly(descriptor: int, into: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(into):
+        got = os.preadv(descriptor, [into[done:]], offset + done)
+        if got == 0:
+            raise CacheFormatError(f"the cache file ends {len(into) - done} bytes early: it is torn")
+        done += got
 
 
 class CacheLockTimeout(TimeoutError):
@@ -147,19 +222,17 @@ class BuildLock:
 
 
 class DiskBuild:
-    """The partial file of a disk build, its memory map and its build lock."""
+    """The partial file of a disk build (its :class:`MappedFile`) and its build lock."""
 
-    def __init__(self, partial_path: str, final_path: str, file, mapped: np.memmap, lock: BuildLock):
+    def __init__(self, partial_path: str, final_path: str, file: MappedFile, lock: BuildLock):
         self.partial_path = partial_path
         self.final_path = final_path
-        self._file = file
-        self._mapped = mapped
+        self.file = file
         self._lock = lock
-        self.payload = torch.from_numpy(mapped)
 
     @classmethod
     def start(cls, cache_dir, name: str, header: CacheHeader, lock: BuildLock) -> DiskBuild:
-        """Create this process's partial file of ``header``'s size (its rows: ``payload``)."""
+        """Create this process's partial file of ``header``'s size."""
         final_path, partial_prefix, _ = cache_file_paths(cache_dir, name)
         # holding the lock, every partial file of this name belongs to a builder that died
         for stale in glob.glob(glob.escape(partial_prefix) + "*"):
@@ -176,24 +249,22 @@ class DiskBuild:
             os.unlink(partial_path)
             lock.release()
             raise
-        return cls(partial_path, final_path, file, mapped, lock)
+        return cls(partial_path, final_path, MappedFile(file, mapped, header.payload_offset), lock)
 
-    def commit(self, header: CacheHeader, storage: torch.Tensor) -> CacheHeader:
-        self._mapped.flush()  # msync: the payload reaches the file before the header claims it
-        header = dataclasses.replace(header, payload_crc32=payload_crc32(storage))
-        os.pwrite(self._file.fileno(), encode_header(header), 0)
-        os.fsync(self._file.fileno())
+    def commit(self, header: CacheHeader) -> CacheHeader:
+        """Checksum the payload, write the header, fsync, rename to the final name, release the
+        lock; the file stays open for reading. Returns the header with its checksum."""
+        self.file.flush()
+        header = dataclasses.replace(header, payload_crc32=self.file.crc32())
+        self.file.write_header(encode_header(header))
         os.replace(self.partial_path, self.final_path)
         fsync_directory(os.path.dirname(self.final_path) or ".")
-        self._file.close()
         self._lock.release()
         return header
 
-    def close(self, discard: bool) -> None:
-        self.payload = None
-        self._mapped = None
-        if not self._file.closed:
-            self._file.close()
-        if discard and os.path.exists(self.partial_path):
+    def discard(self) -> None:
+        """Give up an uncommitted build: delete the partial file, release the lock."""
+        self.file.close()
+        if os.path.exists(self.partial_path):
             os.unlink(self.partial_path)
         self._lock.release()

@@ -436,3 +436,35 @@ def test_two_processes_build_once_and_share_the_file(tmp_path):
     assert first.returncode == 0 and second.returncode == 0
     assert (tmp_path / "builds.log").read_text() == "build\n"
     assert outputs[0][-1] == outputs[1][-1] == str(float(0.0))  # +k and -k rows cancel
+
+
+def _resident_file_pages() -> int:
+    """Bytes of mapped files this process holds in memory (``RssFile``): what a mapping adds."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_the_disk_tier_keeps_no_page_of_its_file_in_memory(tmp_path):
+    """A disk cache larger than what its reads and writes keep resident: building it, checksumming
+    it, an epoch of batches and random reads leave the process's mapped pages where they were
+    (the file's pages stay in the OS page cache, which RSS and cgroup limits do not charge as
+    the process's own memory)."""
+    num_samples, shape = 2048, (16, 32, 32)  # 32 MiB of fp32
+    rows = torch.randn(256, *shape)
+    before = _resident_file_pages()
+    with FeatureCache.create(num_samples=num_samples, feature_shape=shape, fingerprint="big", dtype="fp32",
+                             tier="disk", cache_dir=tmp_path) as cache:
+        for start in range(0, num_samples, 256):
+            cache.write(torch.arange(start, start + 256), rows)
+        cache.commit()
+        assert _resident_file_pages() - before < 8 << 20
+    reopened = FeatureCache.open(tmp_path, "big")  # verifies the checksum: one pass over the file
+    order = torch.randperm(num_samples)
+    for features, _ in reopened.batches(order, batch_size=128):
+        assert features.shape == (128, *shape)
+    assert torch.equal(reopened.read(torch.tensor([7, 300])), rows[[7, 300 % 256]])
+    assert _resident_file_pages() - before < 8 << 20
+    reopened.close()

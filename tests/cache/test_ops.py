@@ -374,6 +374,31 @@ def test_prefetcher_yields_reference_batches_in_order(native, depth, workers, st
 
 
 @pytest.mark.parametrize("native", _prefetcher_backends(), ids=lambda n: "native" if n else "reference")
+@pytest.mark.parametrize("storage_dtype, out_dtype", [(torch.float16, torch.float32), (torch.int8, torch.float16)])
+def test_a_file_backed_prefetcher_reads_the_same_rows_from_the_file(native, storage_dtype, out_dtype, tmp_path,
+                                                                    monkeypatch):
+    """The disk tier's source: the table's bytes in a file after a header; the storage given only
+    for its shape and dtype (a zeroed stand-in here, so a read from memory would show)."""
+    if not native:
+        monkeypatch.setattr(_extension, "native_available", lambda: False)
+    table, scale = make_table(30, 3, 2, storage_dtype)
+    path = tmp_path / "rows.bin"
+    header = b"h" * 100
+    path.write_bytes(header + table.contiguous().view(torch.uint8).numpy().tobytes())
+    batches = _batches(30, [7, 0, 7, 3])
+    with open(path, "rb") as file:
+        prefetcher = ops.Prefetcher(torch.zeros_like(table), batches, scale, out_dtype, depth=2,
+                                    file=(file.fileno(), len(header)))
+        received = list(prefetcher)
+    assert [torch.equal(got, reference.gather_rows(table, b, scale, out_dtype)) for got, b in zip(received, batches)] \
+        == [True] * len(batches)
+
+    path.write_bytes(header + table.view(torch.uint8).numpy().tobytes()[:50])  # torn: rows past its end
+    with open(path, "rb") as file, pytest.raises(Exception, match="ends early"):
+        list(ops.Prefetcher(torch.zeros_like(table), batches, scale, out_dtype, file=(file.fileno(), len(header))))
+
+
+@pytest.mark.parametrize("native", _prefetcher_backends(), ids=lambda n: "native" if n else "reference")
 def test_prefetcher_closes_mid_iteration(native, monkeypatch):
     if not native:
         monkeypatch.setattr(_extension, "native_available", lambda: False)
