@@ -3,11 +3,19 @@
 Each subcommand's parser is built by its own small ``_add_<command>`` function and runs through
 its own ``_run_<command>`` function, so a new command is two functions and one line in
 ``_COMMANDS``.
+
+Exit codes: 0 done; 1 the command ran and failed (``data check`` found problems, a training
+process died) or the machine refused (no space left, permission denied, a read-only file
+system): the same command can succeed once that is fixed; 2 a usage or input error (an option, a
+missing or malformed file, a dataset, checkpoint or model that cannot be used): the command or its
+inputs must change. Either way the error is one message on stderr, without a traceback; an error
+that is none of these is a bug in phasenets and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -16,8 +24,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from phasenets.config import HEADS, LOADERS
+from phasenets.errors import UserError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,7 +92,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.forgetting:
         return _run_forgetting(args)
     if args.checkpoint is None or args.old_run or args.new_run:
-        raise ValueError("give --checkpoint C, or --forgetting with --old-run A --new-run B")
+        raise UserError("give --checkpoint C, or --forgetting with --old-run A --new-run B")
     metrics = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split or "test", batch_size=args.batch_size,
                                   loader=args.loader, num_workers=args.num_workers, device=args.device)
     if args.json:
@@ -101,7 +110,7 @@ def _run_forgetting(args: argparse.Namespace) -> int:
     from phasenets.train.forgetting import format_forgetting, forgetting_test
 
     if not (args.old_run and args.new_run) or args.checkpoint:
-        raise ValueError("--forgetting compares runs: give --old-run A and --new-run B [B ...], not --checkpoint")
+        raise UserError("--forgetting compares runs: give --old-run A and --new-run B [B ...], not --checkpoint")
     rows = forgetting_test(args.old_run, args.new_run, args.data_dir, blocks=args.blocks, split=args.split,
                            batch_size=args.batch_size, loader=args.loader, num_workers=args.num_workers,
                            device=args.device)
@@ -275,11 +284,11 @@ def _run_viz(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else RunDirectory.of_checkpoint(args.checkpoint).viz_dir
     if args.what == "filters":
         if args.image or args.block:
-            raise ValueError("viz filters draws the first convolution: --image and --block are for viz features")
+            raise UserError("viz filters draws the first convolution: --image and --block are for viz features")
         paths = [plot_filters(args.checkpoint, out / "filters.png")]
     else:
         if args.image is None:
-            raise ValueError("viz features needs --image FILE: the image whose feature maps are drawn")
+            raise UserError("viz features needs --image FILE: the image whose feature maps are drawn")
         paths = plot_features(args.checkpoint, args.image, out, block=args.block)
     print("\n".join(f"wrote {path}" for path in paths))
     return EXIT_OK
@@ -324,18 +333,89 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``phasenets``; returns the exit code (2 for a usage or input error)."""
+    """Entry point of ``phasenets``; returns the exit code (see the module's docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        # configuration, dataset, model and checkpoint errors all say what is valid
-        print(f"phasenets {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except BrokenPipeError:
         # the reader went away (`phasenets summary --json | head`): not an error of ours; point
         # stdout at devnull so the interpreter's final flush does not raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt:
+        print(f"{_name(args)}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - sorted by _explain; a bug is raised again, with its traceback
+        explained = _explain(error)
+        if explained is None:
+            raise
+        code, message = explained
+        print(f"{_name(args)}: error: {message}", file=sys.stderr)
+        return code
+
+
+def _name(args: argparse.Namespace) -> str:
+    """``phasenets train``, ``phasenets data import``: what the messages start with."""
+    return " ".join(["phasenets", args.command] + ([args.data_command] if args.command == "data" else []))
+
+
+# ----------------------------------------------------------------------------------------------
+# errors: what the user can act on becomes one message and an exit code; anything else is a bug
+
+
+def _explain(error: Exception) -> tuple[int, str] | None:
+    """(exit code, message) for an error the user can act on; None for a bug."""
+    if isinstance(error, OSError):
+        return _explain_os_error(error)
+    # ValueError: the library's argument checks that do not derive from UserError yet say what is
+    # valid too; ImportError: an optional package an option needs (DALI, onnx) is not installed
+    if isinstance(error, (UserError, ValueError, ImportError)):
+        return EXIT_USAGE, str(error)
+    return None
+
+
+# the path given cannot be used as it is: the command must change (exit 2); "{path} ..."
+_PATH_PROBLEMS = {
+    errno.ENOENT: "does not exist; check the path",
+    errno.ENOTDIR: "cannot be used: a part of it is a file, not a folder; choose another path",
+    errno.EISDIR: "is a folder, where a file is needed; give a file",
+    errno.EEXIST: "already exists where phasenets must create a folder or file; remove it or choose another path",
+    errno.ENAMETOOLONG: "is too long a name for its file system; choose a shorter path",
+    errno.ELOOP: "goes through too many symbolic links; choose another path",
+}
+_NO_ACCESS = "give this user access to it or its folder (chmod, chown), or choose another path; then run again"
+_NO_SPACE = "free some space on that disk or write to another one; then run again"
+# the machine refused: the same command can work once this is fixed (exit 1); "{what}: {path}; {advice}"
+_MACHINE_PROBLEMS = {
+    errno.EACCES: ("permission denied", _NO_ACCESS),
+    errno.EPERM: ("operation not permitted", _NO_ACCESS),
+    errno.EROFS: ("read-only file system", "choose a path on a writable file system"),
+    errno.ENOSPC: ("no space left on the device", _NO_SPACE),
+    errno.EDQUOT: ("disk quota exceeded", _NO_SPACE),
+    errno.EFBIG: ("file too large for its file system", _NO_SPACE),
+}
+# what a write can fail with even where Python does not know the file (a write to an open handle)
+_WRITE_PROBLEMS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def _explain_os_error(error: OSError) -> tuple[int, str] | None:
+    if error.errno is None:  # raised by phasenets with a message for the user (FileExistsError("..."))
+        return EXIT_USAGE, str(error)
+    if error.filename is None:
+        if error.errno not in _WRITE_PROBLEMS:
+            return None  # no file to name, nothing the user did: a bug, or the system failing
+        what, advice = _MACHINE_PROBLEMS[error.errno]
+        return EXIT_FAILED, f"{what} while writing a file; {advice}"
+    path = _path_name(error.filename)
+    if error.filename2 is not None:
+        path += f" -> {_path_name(error.filename2)}"
+    if error.errno in _PATH_PROBLEMS:
+        return EXIT_USAGE, f"{path} {_PATH_PROBLEMS[error.errno]}"
+    what, advice = _MACHINE_PROBLEMS.get(error.errno, (error.strerror, "check the file and its disk"))
+    return EXIT_FAILED, f"{what}: {path}; {advice}"
+
+
+def _path_name(name) -> str:
+    return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else str(name)  # or a descriptor

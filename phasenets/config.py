@@ -295,20 +295,40 @@ def _check(condition: bool, message: str) -> None:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read the mapping in a YAML or JSON config file (keys not yet checked)."""
+    """Read the mapping in a YAML or JSON config file (keys not yet checked); a file that is
+    missing, not text or not valid YAML/JSON raises ``ConfigError`` naming it (and the line)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file; give a YAML or JSON file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        values = json.loads(text)
-    else:
-        import yaml
-
-        values = yaml.safe_load(text) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; a config file is YAML or JSON") from None
+    values = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_yaml(path, text)
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of option names to values")
     return values
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}, line {error.lineno}, column {error.colno}: not valid JSON: {error.msg}") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
 
 
 # ----------------------------------------------------------------------------------------------
