@@ -26,7 +26,7 @@ def _one_thread():
 def digits(tmp_path_factory):
     """scikit-learn's digits at 16 px: 10 classes, 8 train, 3 validation and 3 test images each."""
     root = tmp_path_factory.mktemp("digits")
-    assert main(["data", "import", "digits", "--out", str(root), "--per-class", "8", "--val-per-class", "3",
+    assert main(["data", "import", "digits", "--output", str(root), "--per-class", "8", "--val-per-class", "3",
                  "--test-per-class", "3", "--image-size", "16"]) == 0
     return root
 
