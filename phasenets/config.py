@@ -2,9 +2,9 @@
 
 A configuration is built in three layers, later ones winning: the dataclass defaults, a YAML or
 JSON file (``--config FILE``), then the command line. Every option has a dashed flag
-(``--max-epochs``); the flags of seed 000's ``train_blockwise.py`` are accepted under their own
-names and value styles as well (``--max_epoch 50 --freeze_layers false --optimizer Adadelta``).
-The same seed names work as keys in a config file.
+(``--max-epochs``); the flags of the original Keras trainer (the project's ``train_blockwise.py``)
+are accepted under their own names and value styles as well (``--max_epoch 50 --freeze_layers false
+--optimizer Adadelta``). The same original names work as keys in a config file.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from phasenets.cache.tiers import CACHE_MODES
 from phasenets.data import LOADER_KINDS
 from phasenets.data.transforms import AUGMENT_PRESETS, NORMALIZATION_MODES
 from phasenets.errors import ConfigError
+from phasenets.models import list_models
 from phasenets.models.blockwise import HEAD_KINDS
 from phasenets.train import distributed, early_stopping, optim, plan, precision, preflight
 from phasenets.train.plan import block_lr_multipliers
@@ -76,132 +77,199 @@ class TrainConfig:
     """
 
     # data
-    data_dir: str | None = _option(None, "dataset root holding train/, validation/ (or val/) and optionally test/")
-    dataset_name: str | None = _option(None, "a name for the dataset, recorded in the run's summary")
-    num_classes: int | None = _option(None, "number of classes (default: the number of train class folders)")
-    image_size: int | None = _option(None, "side of the square network input in pixels (default: the model's)")
-    in_channels: int | None = _option(None, "image channels fed to the network: 1 (grayscale) or 3 (RGB) (default: the model's)")
-    val_split: float = _option(0.0, "fraction of train carved out as validation when there is no validation folder")
-    loader: str = _option("auto", "data loader", choices=LOADERS)
+    data_dir: str | None = _option(
+        None, "dataset root holding train/, validation/ (or val/) and optionally test/", group="data", metavar="DIR"
+    )
+    dataset_name: str | None = _option(
+        None, "a name for the dataset, recorded in the run's summary", group="data", metavar="NAME"
+    )
+    num_classes: int | None = _option(
+        None, "number of classes [default: the number of train class folders]", group="data"
+    )
+    image_size: int | None = _option(
+        None, "side of the square network input in pixels [default: the model's]", group="data"
+    )
+    in_channels: int | None = _option(
+        None, "image channels fed to the network: 1 (grayscale) or 3 (RGB) [default: the model's]", group="data"
+    )
+    val_split: float = _option(
+        0.0, "fraction of train carved out as validation when there is no validation folder", group="data"
+    )
+    loader: str = _option(
+        "auto", "image loader: auto uses NVIDIA DALI where installed, else torch (DataLoader + PIL)",
+        choices=LOADERS, group="data",
+    )
     num_workers: int | None = _option(
-        None, "data loading worker processes [default: 1 on up to 3 cores, else a quarter of the cores, at most 4]"
+        None, "data loading worker processes [default: 1 on up to 3 cores, else a quarter of the cores, at most 4]",
+        group="data",
     )
-    augment: str = _option("none", "augmentation preset", choices=AUGMENT_PRESETS)
+    augment: str = _option(
+        "none", "augmentation preset (--augment-options adjusts it)", choices=AUGMENT_PRESETS, group="data"
+    )
     augment_options: dict = _option(
-        {}, "augmentation options on top of the preset, NAME=VALUE (repeatable), e.g. rotation=10 hflip=true"
+        {}, "augmentation options on top of the preset, NAME=VALUE (repeatable), e.g. rotation=10 hflip=true",
+        group="data"
     )
-    normalization: str = _option("meanstd", "input normalization", choices=NORMALIZATIONS)
+    normalization: str = _option("meanstd", "input normalization", choices=NORMALIZATIONS, group="data")
 
     # model
-    model: str = _option("alexnet", "architecture name (see `phasenets summary`)")
-    head: str = _option("linear", "auxiliary head of each intermediate phase", choices=HEADS)
+    model: str = _option(
+        "alexnet", f"architecture: {', '.join(list_models())} (`phasenets summary` shows its blocks)",
+        group="model", metavar="NAME",
+    )
+    head: str = _option("linear", "auxiliary head of each intermediate phase", choices=HEADS, group="model")
 
     # the phase plan
     schedule: str = _option(
         "phasewise",
         "phasewise: one block per phase with an auxiliary head, earlier blocks frozen; "
         "standard: all blocks in one phase; progressive: phase k trains blocks 1..k, older ones at lower lr",
-        choices=SCHEDULES,
+        choices=SCHEDULES, group="plan",
     )
-    start_phase: int = _option(1, "phase to start at, counting from 1 (0 also means the first); later phases need --ckpt-dir")
-    ckpt_dir: str | None = _option(None, "checkpoint file or run directory whose weights initialize the model")
-    finetune_epochs: int = _option(0, "after the last phase, one more phase of this many epochs with every block unfrozen")
-    finetune_lr_scale: float = _option(0.1, "learning-rate factor of the fine-tuning phase")
+    start_phase: int = _option(
+        1, "phase to start at, counting from 1 (0 also means the first); later phases need --ckpt-dir", group="plan"
+    )
+    ckpt_dir: str | None = _option(
+        None, "checkpoint file or run directory whose weights initialize the model", group="plan", metavar="PATH"
+    )
+    finetune_epochs: int = _option(
+        0, "after the last phase, one more phase of this many epochs with every block unfrozen", group="plan"
+    )
+    finetune_lr_scale: float = _option(0.1, "learning-rate factor of the fine-tuning phase", group="plan")
     progressive_lr_decay: float = _option(
-        0.5, "progressive schedule: each block older than the newest trains at this factor times the next one's lr"
+        0.5, "progressive schedule: each block older than the newest trains at this factor times the next one's lr",
+        group="plan"
     )
     block_lr_multipliers: list = _option(
-        [], "per-block learning-rate factors, one per block, comma separated (ModNet: --block-lr 0.4,0.65,1)"
+        [], "per-block learning-rate factors, one per block, comma separated (ModNet: --block-lr 0.4,0.65,1)",
+        group="plan", metavar="F,F,..."
     )
     layer_decay: float | None = _option(
-        None, "per-block learning rates by layer-wise decay: block k of n trains at decay**(n-k) times the rate"
+        None, "per-block learning rates by layer-wise decay: block k of n trains at decay**(n-k) times the rate",
+        group="plan"
     )
 
     # curriculum and transfer (ModNet task chaining)
     init_from: str | None = _option(
-        None, "start a new task from the blocks of a run directory, checkpoint or weights file (.safetensors/.pt)"
+        None, "start a new task from the blocks of a run directory, checkpoint or weights file (.safetensors/.pt)",
+        group="model", metavar="PATH"
     )
-    reuse_blocks: str | None = _option(None, "blocks --init-from copies: 1-3, 1,2,4 or all [default: all]")
-    freeze_reused: bool = _option(False, "keep the blocks copied by --init-from frozen in every phase")
+    reuse_blocks: str | None = _option(
+        None, "blocks --init-from copies: 1-3, 1,2,4 or all [default: all]", group="model", metavar="BLOCKS"
+    )
+    freeze_reused: bool = _option(False, "keep the blocks copied by --init-from frozen in every phase", group="model")
     allow_partial: bool = _option(
-        False, "let --init-from load a weights file that only partly fits the model: the tensors that do not "
-        "fit keep their random initialization and train (refused by default)"
+        False, "let --init-from load a weights file that only partly fits the model; the tensors that do not "
+        "fit train from their random initialization", group="model"
     )
     hierarchy: str | None = _option(
-        None, "class-hierarchy YAML (superclass: [classes]): train on its groups instead of the class folders"
+        None, "class-hierarchy YAML (superclass: [classes]): train on its groups instead of the class folders",
+        group="data", metavar="FILE"
     )
-    hierarchy_level: int | None = _option(None, "hierarchy level to train at, 1 = top [default: 1, or the level below --hierarchy-within]")
-    hierarchy_within: str | None = _option(None, "train only on the classes of this superclass, labelled by its children")
+    hierarchy_level: int | None = _option(
+        None, "hierarchy level to train at, 1 = top [default: 1, or the level below --hierarchy-within]", group="data"
+    )
+    hierarchy_within: str | None = _option(
+        None, "train only on the classes of this superclass, labelled by its children", group="data", metavar="GROUP"
+    )
 
     # the data preflight
     on_bad_image: str = _option(
         "error", "what the preflight does with unreadable images: stop with their list, or leave them out",
-        choices=BAD_IMAGE_ACTIONS,
+        choices=BAD_IMAGE_ACTIONS, group="data",
     )
     skip_preflight: bool = _option(
-        False, "UNSAFE: start without checking every image first; a corrupt file then stops training midway"
+        False, "UNSAFE: start without checking every image first; a corrupt file then stops training midway",
+        group="data"
     )
 
     # optimization
-    optimizer: str = _option("adadelta", "optimizer", choices=OPTIMIZERS)
-    lr: float | None = _option(None, "learning rate (default per optimizer: adadelta 1.0, adam/adamw 1e-3, sgd 0.01)")
-    momentum: float = _option(0.9, "sgd momentum")
-    nesterov: bool = _option(False, "sgd: Nesterov momentum")
-    weight_decay: float = _option(0.0, "weight decay")
-    lr_decay: float = _option(0.0, "Keras inverse-time decay per iteration: lr / (1 + decay * iterations)")
-    lr_schedule: str | None = _option(
-        None, "learning-rate schedule within a phase (default: inverse_time when --lr-decay > 0, else constant)",
-        choices=LR_SCHEDULES,
+    optimizer: str = _option(
+        "adadelta", "optimizer, in any letter case (Adadelta)", choices=OPTIMIZERS, group="optimisation"
     )
-    lr_step_size: int = _option(30, "step schedule: epochs between learning-rate drops")
-    lr_gamma: float = _option(0.1, "step schedule: factor of each drop")
-    label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy loss")
-    batch_size: int = _option(32, "images per batch (per process)")
-    max_epochs: int = _option(100, "maximum epochs of each phase")
-    patience: int = _option(10, "stop a phase after this many epochs without validation improvement (0: never)")
-    monitor: str = _option("accuracy", "validation metric that picks a phase's best weights", choices=MONITORS)
+    lr: float | None = _option(
+        None, "learning rate [default per optimizer: adadelta 1.0, adam/adamw 1e-3, sgd 0.01]", group="optimisation"
+    )
+    momentum: float = _option(0.9, "sgd momentum", group="optimisation")
+    nesterov: bool = _option(False, "sgd: Nesterov momentum", group="optimisation")
+    weight_decay: float = _option(0.0, "weight decay", group="optimisation")
+    lr_decay: float = _option(
+        0.0, "Keras inverse-time decay per iteration: lr / (1 + decay * iterations)", group="optimisation"
+    )
+    lr_schedule: str | None = _option(
+        None, "learning-rate schedule within a phase [default: inverse_time when --lr-decay > 0, else constant]",
+        choices=LR_SCHEDULES, group="optimisation",
+    )
+    lr_step_size: int = _option(30, "step schedule: epochs between learning-rate drops", group="optimisation")
+    lr_gamma: float = _option(0.1, "step schedule: factor of each drop", group="optimisation")
+    label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy loss", group="optimisation")
+    batch_size: int = _option(32, "images per batch (per process)", group="optimisation")
+    max_epochs: int = _option(100, "maximum epochs of each phase", group="plan")
+    patience: int = _option(
+        10, "stop a phase after this many epochs without validation improvement (0: never)", group="plan"
+    )
+    monitor: str = _option(
+        "accuracy", "validation metric that picks a phase's best weights", choices=MONITORS, group="plan"
+    )
     precise_bn: bool = _option(
-        False, "at the end of each phase, re-estimate the batch-norm statistics of its blocks over the whole "
-        "training set (one extra forward pass) before they are frozen, instead of keeping the running "
-        "averages of its last batches"
+        False, "before a phase's blocks are frozen, re-estimate their batch-norm statistics over the whole "
+        "train split (one extra forward pass) instead of keeping the running averages", group="plan"
     )
 
     # the run
-    seed: int = _option(1, "random seed of initialization, shuffling and augmentation")
-    deterministic: bool = _option(False, "deterministic algorithms only: reruns and resumed runs give identical weights")
-    amp: str = _option("off", "mixed precision: autocast dtype; fp16 also uses a GradScaler", choices=AMP_MODES)
-    device: str = _option("auto", "where to train (auto: cuda when available)", choices=DEVICES)
+    seed: int = _option(1, "random seed of initialization, shuffling and augmentation", group="optimisation")
+    deterministic: bool = _option(
+        False, "deterministic algorithms only: reruns and resumed runs give identical weights", group="hardware"
+    )
+    amp: str = _option(
+        "off", "mixed precision: autocast dtype; fp16 also uses a GradScaler", choices=AMP_MODES, group="hardware"
+    )
+    device: str = _option("auto", "where to train (auto: cuda when available)", choices=DEVICES, group="hardware")
     num_threads: int | None = _option(
-        None, "compute threads of each training process [default: its share of the cores less the loader workers]"
+        None, "compute threads of each training process [default: its share of the cores less the loader workers]",
+        group="hardware"
     )
     nproc: int = _option(
-        1, "training processes on this machine, started by `phasenets train` itself: one per GPU (NCCL), "
-        "or CPU processes sharing the cores (gloo) where there is no GPU; under torchrun leave it at 1 "
-        "or give torchrun's --nproc_per_node (seed 000: --num_gpu)"
+        1, "training processes `phasenets train` starts on this machine: one per GPU (NCCL), else CPU "
+        "processes sharing the cores (gloo); under torchrun leave it at 1", group="hardware"
     )
     dist_timeout: float = _option(
-        600.0, "seconds a collective may wait for another process before the whole job fails"
+        600.0, "seconds a collective may wait for another process before the whole job fails", group="hardware"
     )
-    channels_last: bool = _option(False, "channels-last memory layout for the model and its inputs (faster convs on GPUs)")
-    compile: bool = _option(False, "torch.compile the trainable blocks of each phase (slow first steps, faster after)")
-    use_test: bool = _option(False, "evaluate the test split after each phase")
-    output: str | None = _option(None, "run directory (default: runs/<model>-<schedule>-<timestamp>)")
-    resume: str | None = _option(None, "continue the killed run in this run directory from its last completed epoch")
-    tensorboard: bool = _option(True, "write TensorBoard events when tensorboard is installed")
+    channels_last: bool = _option(
+        False, "channels-last memory layout for the model and its inputs (faster convs on GPUs)", group="hardware"
+    )
+    compile: bool = _option(
+        False, "torch.compile the trainable blocks of each phase (slow first steps, faster after)", group="hardware"
+    )
+    use_test: bool = _option(False, "evaluate the test split after each phase", group="output")
+    output: str | None = _option(
+        None, "run directory, created when the run starts [default: runs/<model>-<schedule>-<timestamp>]",
+        group="output", metavar="DIR",
+    )
+    resume: str | None = _option(
+        None, "continue the killed run in this run directory from its last completed epoch",
+        group="output", metavar="DIR"
+    )
+    tensorboard: bool = _option(True, "write TensorBoard events when tensorboard is installed", group="output")
 
     # the feature cache: later phases read the frozen prefix's outputs instead of recomputing them
     cache: str = _option(
-        "auto", "where frozen blocks' outputs are cached (auto: the fastest tier they fit in, off where no phase "
-        "has a frozen prefix)", choices=CACHE_MODES,
+        "auto", "where frozen blocks' outputs are kept: auto picks the fastest tier they fit in (off where no "
+        "phase has frozen blocks)", choices=CACHE_MODES, group="cache",
     )
     cache_views: int | None = _option(
-        None, "augmented views cached per training image [default: 1 without augmentation, else min(4, max_epochs)]"
+        None, "augmented views cached per training image [default: 1 without augmentation, else min(4, max_epochs)]",
+        group="cache"
     )
-    cache_dtype: str = _option("fp16", "storage dtype of cached features", choices=CACHE_DTYPES)
+    cache_dtype: str = _option("fp16", "storage dtype of cached features", choices=CACHE_DTYPES, group="cache")
     cache_dir: str | None = _option(
-        None, "where disk caches go; share it between runs to reuse their caches [default: <run dir>/cache]"
+        None, "where disk caches go; share it between runs to reuse their caches [default: <run dir>/cache]",
+        group="cache", metavar="DIR"
     )
-    cache_budget_gb: float | None = _option(None, "the most GPU or host memory the cache may take, in GiB")
+    cache_budget_gb: float | None = _option(
+        None, "the most GPU or host memory the cache may take, in GiB", group="cache"
+    )
 
     def __post_init__(self) -> None:
         for name, kind in _field_types().items():
@@ -297,20 +365,40 @@ def _check(condition: bool, message: str) -> None:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read the mapping in a YAML or JSON config file (keys not yet checked)."""
+    """Read the mapping in a YAML or JSON config file (keys not yet checked); a file that is
+    missing, not text or not valid YAML/JSON raises ``ConfigError`` naming it (and the line)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file; give a YAML or JSON file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        values = json.loads(text)
-    else:
-        import yaml
-
-        values = yaml.safe_load(text) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; a config file is YAML or JSON") from None
+    values = _parse_json(path, text) if path.suffix.lower() == ".json" else _parse_yaml(path, text)
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of option names to values")
     return values
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}, line {error.lineno}, column {error.colno}: not valid JSON: {error.msg}") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,40 +503,76 @@ def _parse_assignments(value: Any) -> dict[str, Any]:
 # command line
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one flag per option (plus seed 000's spellings) to ``parser``.
+# `phasenets train --help` lists the options under these headings, in this order; each field's
+# metadata names its group (a field without one is listed with --config)
+OPTION_GROUPS = {
+    "data": ("data", "the dataset folder, its image check, loading and augmentation"),
+    "model": ("model and heads", "the architecture, its auxiliary heads, blocks reused from another run"),
+    "plan": ("phase plan", "what each phase trains, for how many epochs, at what learning rates"),
+    "optimisation": ("optimisation", "optimizer, learning rate, loss, batch size and random seed"),
+    "cache": ("feature cache", "where the outputs of frozen blocks are kept for the later phases"),
+    "output": ("output and logging", "the run directory, resuming a run, what is evaluated and recorded"),
+    "hardware": ("processes and hardware", "device, processes, threads and numeric precision"),
+}
+_METAVARS = {int: "N", float: "X", bool: "BOOL", dict: "NAME=VALUE", str: "TEXT", list: "X,X,..."}
 
-    Options left off the command line are absent from the parsed namespace (``SUPPRESS``), so
-    ``config_from_args`` can tell "given" from "default" and layer the flags over a config file.
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per option to ``parser``, in the groups of ``OPTION_GROUPS``.
+
+    Each option's flag is its dashed name (``--max-epochs``); the original Keras trainer's flag names
+    (``--max_epoch``, ``--freeze_layers``) are accepted beside it. Options left off the command line are
+    absent from the parsed namespace (``SUPPRESS``), so ``config_from_args`` can tell "given" from
+    "default" and layer the flags over a config file.
     """
-    parser.add_argument("--config", default=None, help="YAML or JSON file of options; flags override it")
-    seed_spelling = {field_name: alias for alias, field_name in SEED_ALIASES.items()}
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML or JSON file of options (field names as keys); flags override it")
+    groups = {key: parser.add_argument_group(title, description) for key, (title, description) in OPTION_GROUPS.items()}
+    original_spelling = {field_name: alias for alias, field_name in SEED_ALIASES.items()}
     for item in dataclasses.fields(TrainConfig):
         flags = ["--" + item.name.replace("_", "-")]
         if item.name in SEED_FIELD_FLAGS and "_" in item.name:
             flags.append("--" + item.name)
-        if item.name in seed_spelling:
-            flags.append("--" + seed_spelling[item.name])
+        if item.name in original_spelling:
+            flags.append("--" + original_spelling[item.name])
         flags += ["--" + alias.replace("_", "-") for alias, name in SHORT_ALIASES.items() if name == item.name]
-        kind = _field_types()[item.name]
-        kwargs: dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS, "help": _help(item)}
-        if typing.get_origin(kind) is None and kind is bool:
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        kwargs: dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS, "help": _help(item),
+                                  "metavar": _metavar(item)}
+        kind = _base_type(_field_types()[item.name])
+        if kind is bool:
+            kwargs.update(nargs="?", const="true")
         elif kind is dict:
-            kwargs.update(action="append", metavar="NAME=VALUE")
-        parser.add_argument(*flags, **kwargs)
-    parser.add_argument(
+            kwargs.update(action="append")
+        groups.get(item.metadata.get("group"), parser).add_argument(*flags, **kwargs)
+    groups["plan"].add_argument(
         "--freeze_layers", "--freeze-layers", dest="freeze_layers", default=argparse.SUPPRESS, nargs="?",
-        const="true", metavar="BOOL", help="seed 000: false means --schedule standard",
+        const="true", metavar="BOOL",
+        help="the original Keras trainer's switch: false trains end to end (--schedule standard), true phase "
+             "by phase",
     )
 
 
-def _help(item: dataclasses.Field) -> str:
-    text = item.metadata["help"]
+def _base_type(kind: Any) -> Any:
+    """``int`` for ``int | None`` (the only generic annotation the fields use), else ``kind``."""
+    if typing.get_origin(kind) is not None:
+        return next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    return kind
+
+
+def _metavar(item: dataclasses.Field) -> str:
+    """``{a,b,c}`` for an option with choices, else the field's own metavar or one for its type."""
     choices = item.metadata.get("choices")
     if choices:
-        text += f" ({'|'.join(choices)})"
+        return "{" + ",".join(choices) + "}"
+    return item.metadata.get("metavar") or _METAVARS.get(_base_type(_field_types()[item.name]), "VALUE")
+
+
+def _help(item: dataclasses.Field) -> str:
+    """The field's help text and its default (the choices are in the metavar)."""
+    text = item.metadata["help"]
     default = item.default if item.default is not dataclasses.MISSING else None
+    if isinstance(default, bool):
+        default = str(default).lower()  # as the flag is written: --tensorboard false
     if default not in (None, "", [], {}):
         text += f" [default: {default}]"
     return text.replace("%", "%%")

@@ -23,7 +23,7 @@ def runs(tmp_path_factory):
     """(digits folder, level-1 run, level-2 run started from its blocks 1-4 at ModNet-style rates)."""
     root = tmp_path_factory.mktemp("cli-tools")
     data = root / "digits"
-    assert main(["data", "import", "digits", "--out", str(data), "--per-class", "6", "--val-per-class", "2",
+    assert main(["data", "import", "digits", "--output", str(data), "--per-class", "6", "--val-per-class", "2",
                  "--test-per-class", "2", "--image-size", "16"]) == 0
     hierarchy = root / "hierarchy.yaml"
     hierarchy.write_text(HIERARCHY)
@@ -65,7 +65,7 @@ def test_eval_arguments_are_checked(runs, capsys):
 def test_export_round_trip(runs, tmp_path, capsys, export_format):
     _, _, new = runs
     out = tmp_path / f"model.{export_format}"
-    assert main(["export", "--checkpoint", str(new), "--format", export_format, "--out", str(out)]) == 0
+    assert main(["export", "--checkpoint", str(new), "--format", export_format, "--output", str(out)]) == 0
     assert f"wrote {out} ({export_format}); largest difference" in capsys.readouterr().out
     model, _ = load_trained_model(new)
     images = torch.randn(4, *model.input_shape)

@@ -1,4 +1,4 @@
-"""TrainConfig: defaults, seed 000's flags and values, config files, overrides and validation."""
+"""TrainConfig: defaults, the original trainer's flags and values, config files, overrides and validation."""
 from __future__ import annotations
 
 import argparse
@@ -112,3 +112,38 @@ def test_invalid_values_say_what_is_valid(options, message):
 def test_unknown_option_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="unknown option 'epochs'.*max_epochs"):
         TrainConfig.from_dict({"epochs": 3})
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("run.yaml", "max_epochs: 3\nlr: [0.1\n", r"run\.yaml, line 3, column 1: not valid YAML: expected ',' or ']'"),
+    ("run.yml", "max_epochs: 3\n  lr: 0.1\n", r"run\.yml, line 2, column 5: not valid YAML: mapping values"),
+    ("run.json", '{"max_epochs": 3,\n "lr": }', r"run\.json, line 2, column 8: not valid JSON: Expecting value"),
+    ("run.yaml", "- max_epochs\n- lr\n", r"run\.yaml must hold a mapping"),
+])
+def test_malformed_config_files_name_the_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_file(path)
+
+
+def test_config_file_that_is_not_one(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        TrainConfig.from_file(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        TrainConfig.from_file(tmp_path)
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(b"\x80\x81\xfe\xff" * 8)
+    with pytest.raises(ConfigError, match="is not a text file"):
+        TrainConfig.from_file(binary)
+
+
+def test_user_errors_share_one_base():
+    from phasenets.cache.fileformat import CacheFormatError
+    from phasenets.cache.tiers import CacheTierError
+    from phasenets.data.layout import DatasetError
+    from phasenets.errors import CheckpointError, UserError
+    from phasenets.models.blockwise import ModelConfigError
+
+    for kind in (ConfigError, CheckpointError, DatasetError, ModelConfigError, CacheTierError, CacheFormatError):
+        assert issubclass(kind, UserError) and issubclass(kind, ValueError)  # what callers caught before

@@ -34,6 +34,7 @@ from typing import BinaryIO
 import torch
 
 from phasenets.cache.spec import STORAGE_DTYPES, CacheSpec
+from phasenets.errors import UserError
 
 __all__ = [
     "MAGIC",
@@ -68,7 +69,7 @@ _META_FIELDS = {
 }
 
 
-class CacheFormatError(ValueError):
+class CacheFormatError(UserError, ValueError):
     """A cache file is torn, corrupt, foreign or from another format version."""
 
 

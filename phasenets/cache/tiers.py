@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from phasenets.errors import UserError
+
 __all__ = ["CACHE_MODES", "TIERS", "CacheTierError", "Placement", "Tier", "available_ram_bytes", "choose_tier",
            "format_bytes", "free_cuda_bytes"]
 
@@ -37,7 +39,7 @@ CACHE_MODES = ("off", "auto", *TIERS)  # what --cache takes: no cache, the chose
 AUTO_HEADROOM = 0.5  # the share of free memory `auto` is willing to give the cache
 
 
-class CacheTierError(ValueError):
+class CacheTierError(UserError, ValueError):
     """The requested tier cannot hold the cache (or does not exist here)."""
 
 

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from phasenets.data.images import IMAGE_EXTENSIONS, is_image_file, not_a_file
+from phasenets.errors import UserError
 
 SPLIT_NAMES = ("train", "validation", "test")
 _SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The dataset folder cannot be used as it is; the message names the files and classes."""
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from phasenets.errors import UserError
+
 # the auxiliary head kinds `build_aux_head` makes (config.py offers these as --head's choices)
 HEAD_KINDS = ("linear", "mlp", "conv", "pooled_conv")
 MLP_HEAD_HIDDEN = 256  # hidden width of the `mlp` head
@@ -23,7 +25,7 @@ POOLED_HEAD_GRID = 8  # `pooled_conv`: feature maps larger than this are average
 _PROBE_BATCH = 2  # batch norm in training mode needs more than one value per channel
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError, ValueError):
     """A model cannot be built as asked: unknown name or option, impossible image size, bad blocks."""
 
 
