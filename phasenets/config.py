@@ -316,11 +316,8 @@ class TrainConfig:
 
     def _validate_transfer(self) -> None:
         """Per-block rates, ``init_from`` and the hierarchy options, checked before any data is read."""
-        try:  # the same rule the plan applies once the number of blocks is known
-            block_lr_multipliers(len(self.block_lr_multipliers) or 1, self.block_lr_multipliers or None,
-                                 self.layer_decay)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        # the same rule the plan applies once the number of blocks is known
+        block_lr_multipliers(len(self.block_lr_multipliers) or 1, self.block_lr_multipliers or None, self.layer_decay)
         _check(self.init_from is None or self.ckpt_dir is None,
                "init_from and ckpt_dir both give starting weights: --ckpt-dir continues the same task at "
                "--start-phase, --init-from starts a new task from an earlier one's blocks; give one")

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from phasenets._atomic import write_atomically
+from phasenets.errors import CheckpointError, ConfigError
 from phasenets.train.checkpoint import Checkpoint, ModelRecord
 
 __all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "ExportResult", "export_checkpoint", "load_safetensors_model"]
@@ -81,14 +82,14 @@ def export_checkpoint(
     from phasenets.train.evaluate import load_trained_model
 
     if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {format!r}; valid: {', '.join(EXPORT_FORMATS)}")
+        raise ConfigError(f"unknown export format {format!r}; valid: {', '.join(EXPORT_FORMATS)}")
     model, trained = load_trained_model(checkpoint)
     model.eval()
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else checkpoint.with_name(checkpoint.stem + _SUFFIXES[format])
     out.parent.mkdir(parents=True, exist_ok=True)
     if include_aux_heads and format != "safetensors":
-        raise ValueError(f"include_aux_heads applies to safetensors exports; a {format} export holds the "
+        raise ConfigError(f"include_aux_heads applies to safetensors exports; a {format} export holds the "
                          "inference network only")
     metadata = _metadata(model, trained)
     if format == "safetensors":
@@ -117,7 +118,7 @@ def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]
         header = handle.metadata() or {}
         state = {key: handle.get_tensor(key) for key in handle.keys()}
     if METADATA_KEY not in header:
-        raise ValueError(f"{path} was not exported by phasenets (no {METADATA_KEY!r} metadata); load its tensors "
+        raise CheckpointError(f"{path} was not exported by phasenets (no {METADATA_KEY!r} metadata); load its tensors "
                          "with phasenets.models.pretrained.load_pretrained into a model you build")
     metadata = json.loads(header[METADATA_KEY])
     record = ModelRecord(**metadata["model"])
@@ -126,7 +127,7 @@ def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]
     expected_missing = [] if metadata.get("aux_heads", True) else [
         key for key in model.state_dict() if key.startswith(_AUX_HEADS_PREFIX)]
     if unexpected or sorted(missing) != sorted(expected_missing):
-        raise ValueError(f"{path} does not fit the {record.name} it describes: missing "
+        raise CheckpointError(f"{path} does not fit the {record.name} it describes: missing "
                          f"{sorted(set(missing) - set(expected_missing))}, unexpected {unexpected}")
     return model.eval(), metadata
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from phasenets.errors import ConfigError
+
 if TYPE_CHECKING:
     from phasenets.train.checkpoint import Checkpoint
 
@@ -35,7 +37,7 @@ def plot_filters(model: nn.Module | str | Path, out_png: str | Path, max_filters
     model, _ = _resolve(model)
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
-        raise ValueError("the network has no Conv2d layer: there are no filters to draw")
+        raise ConfigError("the network has no Conv2d layer: there are no filters to draw")
     weights = conv.weight.detach().float().cpu()[:max_filters]
     if weights.shape[1] == 3:
         tiles = [_stretch(kernel).permute(1, 2, 0).numpy() for kernel in weights]  # RGB kernels
@@ -68,7 +70,7 @@ def plot_features(
         normalization = Normalization(**trained.normalization) if trained else Normalization.identity(channels)
     blocks = range(1, model.num_blocks + 1) if block is None else [block]
     if block is not None and not 1 <= block <= model.num_blocks:
-        raise ValueError(f"block must be in 1..{model.num_blocks}; got {block}")
+        raise ConfigError(f"block must be in 1..{model.num_blocks}; got {block}")
     transform = ImageTransform(image_size=size, in_channels=channels, augment=None, normalization=normalization)
     features = transform(load_image(str(image_path), channels), 0, 0)[None]
     out_dir = Path(out_dir)

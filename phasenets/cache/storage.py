@@ -240,8 +240,13 @@ class DiskBuild:
         partial_path = f"{partial_prefix}{os.getpid()}"
         file = open(partial_path, "w+b")
         try:
-            # the header area stays zeroed (an invalid magic) until commit writes it
-            file.truncate(header.payload_offset + header.payload_nbytes)
+            # the header area stays zeroed (an invalid magic) until commit writes it. The blocks are
+            # allocated now: a sparse file written through a mapping on a disk that fills up meanwhile
+            # would end the process with SIGBUS instead of an error naming the file.
+            try:
+                os.posix_fallocate(file.fileno(), 0, header.payload_offset + header.payload_nbytes)
+            except OSError as error:
+                raise OSError(error.errno, error.strerror, partial_path) from None
             mapped = np.memmap(file, dtype=np.uint8, mode="r+", offset=header.payload_offset,
                                shape=(header.payload_nbytes,))
         except BaseException:
@@ -254,9 +259,12 @@ class DiskBuild:
     def commit(self, header: CacheHeader) -> CacheHeader:
         """Checksum the payload, write the header, fsync, rename to the final name, release the
         lock; the file stays open for reading. Returns the header with its checksum."""
-        self.file.flush()
-        header = dataclasses.replace(header, payload_crc32=self.file.crc32())
-        self.file.write_header(encode_header(header))
+        try:
+            self.file.flush()
+            header = dataclasses.replace(header, payload_crc32=self.file.crc32())
+            self.file.write_header(encode_header(header))
+        except OSError as error:  # name the file (msync, pwrite and fsync errors name none)
+            raise OSError(error.errno, error.strerror, self.partial_path) from None
         os.replace(self.partial_path, self.final_path)
         fsync_directory(os.path.dirname(self.final_path) or ".")
         self._lock.release()

@@ -37,6 +37,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from phasenets.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MAX_FILE_BYTES = 512 * 2**20
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -46,7 +48,7 @@ _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-class BadImageError(ValueError):
+class BadImageError(UserError, ValueError):
     """A file no loader may decode. ``str()`` is ``"<path>: <reason>"``; ``kind`` is the problem
     kind the preflight reports it under (:mod:`phasenets.data.check`), e.g. ``too_large``."""
 

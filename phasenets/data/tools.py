@@ -36,7 +36,7 @@ def split_dataset(src: str | os.PathLike, out: str | os.PathLike, ratios: Sequen
     validation and test and the rest, at least one, to train.
     """
     if len(ratios) not in _SPLITS_BY_COUNT or abs(sum(ratios) - 1.0) > 1e-6 or min(ratios) < 0:
-        raise ValueError(f"ratios must be 2 or 3 non-negative fractions summing to 1, got {tuple(ratios)}")
+        raise DatasetError(f"ratios must be 2 or 3 non-negative fractions summing to 1, got {tuple(ratios)}")
     classes = _class_files(src)
     names = _SPLITS_BY_COUNT[len(ratios)]
     rng = np.random.default_rng(seed)
@@ -65,7 +65,7 @@ def balance_dataset(split_dir: str | os.PathLike, out: str | os.PathLike | None 
     the other splits alongside). The counts are returned under the split folder's name.
     """
     if strategy not in ("down", "up"):
-        raise ValueError(f"unknown strategy {strategy!r}; valid: down, up")
+        raise DatasetError(f"unknown strategy {strategy!r}; valid: down, up")
     split_dir = os.path.abspath(os.fspath(split_dir))
     out = os.fspath(out) if out is not None else split_dir.rstrip(os.sep) + "_balanced"
     classes = _class_files(split_dir)
@@ -102,11 +102,11 @@ def import_dataset(name: str, out: str | os.PathLike, per_class: int | None = No
     that side; default 28 for fashion-mnist and 32 for digits. Deterministic in ``seed``.
     """
     if name not in IMPORTABLE:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(IMPORTABLE)}")
+        raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(IMPORTABLE)}")
     for label, value in (("per_class", per_class), ("val_per_class", val_per_class),
                          ("test_per_class", test_per_class), ("image_size", image_size)):
         if value is not None and value < 1:
-            raise ValueError(f"{label} must be a positive integer, got {value}")
+            raise DatasetError(f"{label} must be a positive integer, got {value}")
     if name == "fashion-mnist":
         images, labels, class_names, test_pool = _read_fashion_mnist()
         default_size, default_val = 28, max(1, per_class // 5) if per_class else 1000
@@ -146,7 +146,7 @@ def _partition(labels: np.ndarray, test_pool: np.ndarray | None, rng: np.random.
         val_count = val_per_class if val_per_class is not None else max(1, round(0.15 * len(members)))
         train_count = per_class if per_class is not None else len(pool) - val_count
         if val_count + train_count > len(pool) or train_count < 1:
-            raise ValueError(f"class {label} has {len(pool)} images for train and validation: cannot "
+            raise DatasetError(f"class {label} has {len(pool)} images for train and validation: cannot "
                              f"take {val_count} for validation and {train_count} for train")
         plan["validation"] += np.sort(pool[:val_count]).tolist()
         plan["train"] += np.sort(pool[val_count:val_count + train_count]).tolist()
@@ -197,11 +197,11 @@ def _read_idx(path: str) -> np.ndarray:
         data = file.read()
     zero, dtype_code, ndim = data[0] << 8 | data[1], data[2], data[3]
     if zero != 0 or dtype_code != 0x08:  # 0x08: unsigned bytes, all Fashion-MNIST uses
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise DatasetError(f"{path} is not an unsigned-byte IDX file")
     shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape}, file holds {body.size} values")
+        raise DatasetError(f"{path}: header says {shape}, file holds {body.size} values")
     return body.reshape(shape)
 
 
@@ -220,7 +220,7 @@ def _class_files(folder: str | os.PathLike) -> dict[str, list[str]]:
 def _prepare_out(out: str | os.PathLike) -> str:
     out = os.fspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise FileExistsError(f"{out} exists and is not an empty folder; choose a new output folder")
+        raise DatasetError(f"{out} exists and is not an empty folder; choose a new output folder")
     os.makedirs(out, exist_ok=True)
     return out
 
@@ -230,7 +230,7 @@ def _write_plan(plan: list[tuple[str, str, str, str]], out: str | os.PathLike, m
 
     An empty split places files at ``out/class/file name`` (counted under the key "")."""
     if mode not in WRITE_MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(WRITE_MODES)}")
+        raise DatasetError(f"unknown mode {mode!r}; valid: {', '.join(WRITE_MODES)}")
     out = _prepare_out(out)
     counts: Counts = {}
     for source, split, name, file_name in tqdm(plan, desc=f"{mode} files", unit="file", disable=None):
@@ -251,7 +251,7 @@ def _place(source: str, destination: str, mode: str) -> None:
         try:
             os.link(source, destination)
         except OSError as error:
-            raise OSError(f"cannot hard-link {source} to {destination} ({error}); hard links need "
+            raise DatasetError(f"cannot hard-link {source} to {destination} ({error}); hard links need "
                           "one filesystem: use mode='copy' or 'symlink'") from error
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from phasenets.errors import UserError
 from phasenets.models.blockwise import BlockwiseNet
 
 __all__ = [
@@ -61,7 +62,7 @@ _BATCH_COUNTER = "num_batches_tracked"
 _EXACT_FITS = {("torchvision", "alexnet"): "alexnet_tv"}
 
 
-class PretrainedError(ValueError):
+class PretrainedError(UserError, ValueError):
     """Weights cannot be read, or do not fit the model; the message says what was found."""
 
 

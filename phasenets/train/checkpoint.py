@@ -150,7 +150,15 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any], copies: Sequence[
         # through a handle, not the path: torch names the archive inside after a path's file name,
         # which would put the temporary name in the bytes
         with open(tmp, "wb") as handle:
-            torch.save(contents, handle)
+            writer = _WriteErrors(handle)
+            try:
+                torch.save(contents, writer)
+            except (RuntimeError, OSError):
+                if writer.error is None:
+                    raise
+                # torch's zip writer may report a failed write as its own RuntimeError; say what it
+                # was, naming the checkpoint (a write error names no file)
+                raise OSError(writer.error.errno, writer.error.strerror, str(path)) from None
 
     write_atomically(path, write, sync_directory=False)
     directories = {path.parent}
@@ -160,6 +168,24 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any], copies: Sequence[
     for directory in directories:
         fsync_directory(directory)
     return path
+
+
+class _WriteErrors:
+    """A file handle that remembers the OSError of a failed write (a full disk, say)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self._handle.flush()
 
 
 def _commit_copy(source: Path, target: Path) -> None:

@@ -26,6 +26,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from phasenets.errors import ConfigError
+
 __all__ = ["DEFAULT_TIMEOUT_S", "DEVICES", "DistributedContext", "shard"]
 
 # How long a collective may wait for a rank before every rank fails. Long enough for rank-0-only
@@ -80,10 +82,10 @@ class DistributedContext:
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if use_cuda and not torch.cuda.is_available():
-            raise RuntimeError("device=cuda but torch sees no CUDA device; use --device cpu or auto")
+            raise ConfigError("--device cuda, but torch sees no CUDA device here: use --device cpu or auto")
         if use_cuda:
             if local_rank >= torch.cuda.device_count():
-                raise RuntimeError(f"local rank {local_rank} needs GPU {local_rank}, but torch sees "
+                raise ConfigError(f"local rank {local_rank} needs GPU {local_rank}, but torch sees "
                                    f"{torch.cuda.device_count()}; start at most that many processes "
                                    "per machine")
             torch.cuda.set_device(local_rank)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from phasenets.errors import ConfigError
 from phasenets.train.checkpoint import Checkpoint
 from phasenets.train.evaluate import load_trained_model, score_samples
 from phasenets.train.rundir import RunDirectory, resolve_checkpoint
@@ -118,6 +119,6 @@ def _format_range(blocks: list[int]) -> str:
 def _check_compatible(old: nn.Module, old_path: Path, new: nn.Module, new_path: Path) -> None:
     described = [(m.name, m.input_shape, m.num_blocks) for m in (old, new)]
     if described[0] != described[1]:
-        raise ValueError(f"{new_path} holds a {new.name} on {new.input_shape} inputs with {new.num_blocks} blocks; "
+        raise ConfigError(f"{new_path} holds a {new.name} on {new.input_shape} inputs with {new.num_blocks} blocks; "
                          f"the old network {old_path} is a {old.name} on {old.input_shape} inputs with "
                          f"{old.num_blocks} blocks: their blocks cannot be swapped")

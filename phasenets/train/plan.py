@@ -51,10 +51,7 @@ class Phase:
 
 def build_plan(config: TrainConfig, num_blocks: int) -> list[Phase]:
     """The phases of ``config.schedule`` for a network of ``num_blocks`` blocks, plus fine-tuning."""
-    try:
-        multipliers = block_lr_multipliers(num_blocks, config.block_lr_multipliers or None, config.layer_decay)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    multipliers = block_lr_multipliers(num_blocks, config.block_lr_multipliers or None, config.layer_decay)
 
     def scales(first: int, last: int, extra: list[float] | None = None) -> tuple[float, ...]:
         extra = extra or [1.0] * (last - first + 1)
@@ -94,19 +91,19 @@ def block_lr_multipliers(
     further factor less. Neither: all 1. A factor of 0 leaves a block as it is.
     """
     if spec is not None and layer_decay is not None:
-        raise ValueError("give per-block factors or a layer_decay, not both")
+        raise ConfigError("give per-block factors or a layer_decay, not both")
     if layer_decay is not None:
         if not 0 < layer_decay <= 1:
-            raise ValueError(f"layer_decay must be in (0, 1]; got {layer_decay}")
+            raise ConfigError(f"layer_decay must be in (0, 1]; got {layer_decay}")
         return [layer_decay ** (num_blocks - k) for k in range(1, num_blocks + 1)]
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         return [1.0] * num_blocks
     try:
         factors = [float(part) for part in (spec.split(",") if isinstance(spec, str) else spec)]
     except ValueError:
-        raise ValueError(f"block learning-rate factors must be numbers like 0.4,0.65,1; got {spec!r}") from None
+        raise ConfigError(f"block learning-rate factors must be numbers like 0.4,0.65,1; got {spec!r}") from None
     if len(factors) != num_blocks:
-        raise ValueError(f"{len(factors)} block learning-rate factors for {num_blocks} blocks: give one per block")
+        raise ConfigError(f"{len(factors)} block learning-rate factors for {num_blocks} blocks: give one per block")
     if any(factor < 0 for factor in factors):
-        raise ValueError(f"block learning-rate factors must be >= 0; got {factors}")
+        raise ConfigError(f"block learning-rate factors must be >= 0; got {factors}")
     return factors

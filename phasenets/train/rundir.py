@@ -23,6 +23,7 @@ really starts. ``trained_checkpoint`` is the one rule for "the network this run 
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -149,6 +150,11 @@ class RunDirectory:
         if run_dir.holds_run:
             raise ConfigError(f"{run_dir.path} already holds a run: continue it with --resume {run_dir.path} "
                               "or choose another --output")
+        if run_dir.path.exists() and not run_dir.path.is_dir():
+            raise ConfigError(f"--output {run_dir.path} is a file, not a folder: choose another --output")
+        existing = next(folder for folder in (run_dir.path, *run_dir.path.absolute().parents) if folder.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"--output {run_dir.path}: {existing} cannot be written to; choose another --output")
         return run_dir
 
     @classmethod

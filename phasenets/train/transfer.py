@@ -22,6 +22,7 @@ import torch
 
 from phasenets.models.blockwise import BlockwiseNet
 from phasenets.models.pretrained import LoadReport, load_pretrained, read_weights
+from phasenets.errors import ConfigError
 from phasenets.train.checkpoint import CheckpointDamaged, CheckpointError, load_checkpoint
 from phasenets.train.rundir import resolve_checkpoint
 
@@ -66,16 +67,16 @@ def parse_blocks(spec: str | int | Iterable[int] | None, num_blocks: int) -> lis
         numbers = []
         for part in spec.replace(" ", "").split(","):
             if not _BLOCK_SPEC.fullmatch(part):
-                raise ValueError(f"reuse_blocks must look like 1-3, 1,2,4 or all; got {spec!r}")
+                raise ConfigError(f"reuse_blocks must look like 1-3, 1,2,4 or all; got {spec!r}")
             first, _, last = part.partition("-")
             if last and int(last) < int(first):
-                raise ValueError(f"reuse_blocks range {part!r} runs backwards; write {last}-{first}")
+                raise ConfigError(f"reuse_blocks range {part!r} runs backwards; write {last}-{first}")
             numbers += range(int(first), int(last or first) + 1)
     else:
         numbers = [int(number) for number in spec]
     outside = sorted({n for n in numbers if not 1 <= n <= num_blocks})
     if outside or not numbers:
-        raise ValueError(f"reuse_blocks {spec!r}: the model has blocks 1..{num_blocks}"
+        raise ConfigError(f"reuse_blocks {spec!r}: the model has blocks 1..{num_blocks}"
                          + (f"; {outside} are not among them" if outside else ""))
     return sorted(set(numbers))
 

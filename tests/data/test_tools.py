@@ -48,7 +48,7 @@ def test_split_rejects_bad_arguments_and_existing_output(tmp_path):
         split_dataset(src, tmp_path / "out", ratios=(0.5, 0.2))
     with pytest.raises(ValueError, match="valid: copy, symlink, hardlink"):
         split_dataset(src, tmp_path / "out", mode="move")
-    with pytest.raises(FileExistsError, match="not an empty folder"):
+    with pytest.raises(DatasetError, match="not an empty folder"):
         split_dataset(src, tmp_path / "src")
     make_class_folders(tmp_path / "tiny", {"one": 1})
     with pytest.raises(DatasetError, match=r"class one has 1 image\(s\)"):

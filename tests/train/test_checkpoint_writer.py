@@ -81,3 +81,38 @@ def test_copies_hold_the_same_bytes_and_outlive_a_rewrite_of_the_original(tmp_pa
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1 and load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model_state"]["w"], torch.ones(3))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary file left
+
+
+def test_a_full_disk_while_saving_names_the_checkpoint(tmp_path, monkeypatch):
+    """torch's zip writer turns a failed write into its own RuntimeError; the save says what it was."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    def opening(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        return FullDisk(handle) if "tmp-" in str(path) and "w" in mode else handle
+
+    monkeypatch.setattr(builtins, "open", opening)
+    target = tmp_path / "phase1-last.pt"
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(target, {"model_state": {"w": torch.ones(1000)}})
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+    assert not target.exists() and not list(tmp_path.iterdir())  # nothing half-written left behind

@@ -2,6 +2,9 @@
 that keep a run from writing over another."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from phasenets.errors import CheckpointError, ConfigError
@@ -64,3 +67,17 @@ def test_a_checkpoint_belongs_to_the_run_above_its_folder(tmp_path):
     run = RunDirectory(tmp_path / "run")
     assert RunDirectory.of_checkpoint(run.checkpoint(1, "best")) == run
     assert RunDirectory.of_checkpoint(tmp_path / "loose.pt").path == tmp_path
+
+
+def test_an_output_that_is_a_file_or_unwritable_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        RunDirectory.for_new_run(tmp_path / "taken", "lenet5", "phasewise")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if os.access(locked, os.W_OK):  # root writes anyway: a folder of a read-only file system, then
+        locked = Path("/proc/sys")
+        if os.access(locked, os.W_OK):
+            pytest.skip("no folder this user cannot write to")
+    with pytest.raises(ConfigError, match="cannot be written to"):
+        RunDirectory.for_new_run(locked / "run", "lenet5", "phasewise")
