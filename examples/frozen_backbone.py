@@ -108,18 +108,25 @@ def cached_features(model, args, split_name: str, images: torch.Tensor, weights:
     feature_shape = model.block_output_shapes[args.freeze - 1]
     spec = CacheSpec(len(images), feature_shape, views=1, dtype=args.dtype)
 
+    built = []
+
     def build(cache: FeatureCache) -> None:
         print(f"  {split_name}: running blocks 1..{args.freeze} over {len(images)} images once")
+        built.append(True)
         with torch.inference_mode():
             for start in range(0, len(images), 256):
                 indices = torch.arange(start, min(start + 256, len(images)))
                 cache.write(indices, model.features(images[indices], args.freeze))
 
     started = time.perf_counter()
+    name = f"{split_name}-{args.model}-upto{args.freeze}"
     cache = FeatureCache.open_or_build(
-        build, cache_dir=args.cache_dir, name=f"{split_name}-{args.model}-upto{args.freeze}",
-        fingerprint=fingerprint_for(model, args, split_name, images, weights, spec), tier=args.tier, spec=spec,
+        build, cache_dir=args.cache_dir, name=name, spec=spec, tier=args.tier,
+        fingerprint=fingerprint_for(model, args, split_name, images, weights, spec),
     )
+    if not built:
+        print(f"  {split_name}: found the committed cache {args.cache_dir}/{name}.pncache of these weights, "
+              "settings and data: the backbone does not run")
     print(f"  {split_name}: {cache.num_samples} x {feature_shape} {cache.dtype} on {cache.tier.value}, "
           f"{cache.nbytes / 2**20:.2f} MiB, ready in {time.perf_counter() - started:.2f}s")
     return cache
