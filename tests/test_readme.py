@@ -151,12 +151,13 @@ def test_the_summary_block(tmp_path):
 
 
 @pytest.mark.parametrize("command", [command for command, how in ELSEWHERE.items() if how == "parse"])
-def test_the_multi_gpu_lines_parse(command, trained):
-    """A GPU per process and several machines are not here: the lines' options must still be valid."""
+def test_the_multi_gpu_lines_parse(command, tmp_path):
+    """A GPU per process and several machines are not here (the two-machine line runs with one
+    process per "machine" in tests/train/test_distributed.py): the lines' options must be valid."""
     from phasenets.cli import build_parser
     from phasenets.config import config_from_args
 
-    argv = shlex.split(command.replace("DATA", str(trained / "data" / "digits")))
+    argv = shlex.split(command.replace("DATA", str(tmp_path)))
     argv = argv[argv.index("train"):] if argv[0] == "torchrun" else argv[1:]
     config = config_from_args(build_parser().parse_args(argv))
     assert config.model == "alexnet" and config.amp == "bf16"

@@ -348,6 +348,42 @@ def test_train_command_starts_its_own_processes(odd_data, tmp_path):
     assert job.stdout.count("done in") == 1  # one line for the whole job, from rank 0
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_train_as_one_node_with_two_processes(odd_data, tmp_path):
+    """The README's recipe for a cluster, with both "machines" here: two torchrun launchers, one
+    process each, meeting through a c10d rendezvous on 127.0.0.1 (gloo). Each rank caches its
+    own shard, and the job ends with bitwise the weights of one launcher with two processes."""
+    one_node = {"record_dir": str(tmp_path / "one-node"), "config": job_config(odd_data, tmp_path / "run-one")}
+    job, _ = run_job(one_node, tmp_path)
+    assert job.returncode == 0, job.stdout + job.stderr
+
+    spec = {"record_dir": str(tmp_path / "two-nodes"),
+            "config": job_config(odd_data, tmp_path / "run-two", cache="disk", cache_dir=str(tmp_path / "caches"))}
+    Path(spec["record_dir"]).mkdir(parents=True)
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+         "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes", __file__,
+         json.dumps(spec)], cwd=tmp_path, env=_job_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=JOB_TIMEOUT_S)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(outputs)
+
+    assert_bitwise_equal(torch.load(tmp_path / "two-nodes" / "weights-rank0.pt", weights_only=True),
+                         torch.load(tmp_path / "one-node" / "weights-rank0.pt", weights_only=True))
+    caches = sorted(path.name.rsplit("-", 1)[0] for path in (tmp_path / "caches").glob("*.pncache"))
+    assert caches == sorted(f"level{level}-{split}-rank{rank}of2"
+                            for level in (1, 2) for split in ("train", "validation") for rank in (0, 1))
+    assert not list((tmp_path / "caches").glob("*.lock"))
+
+
 # ----------------------------------------------------------------------------------------------
 # mixed precision and memory layout in one process
 
