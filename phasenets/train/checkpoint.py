@@ -241,13 +241,15 @@ class CheckpointWriter:
         self._pending: deque[Future] = deque()
         self._max_pending = max_pending
 
-    def write(self, paths: list[Path], payload: dict[str, Any]) -> None:
-        """Save ``payload`` to each of ``paths``, in order."""
+    def write(self, paths: list[Path], payload: dict[str, Any], owned: frozenset[str] = frozenset()) -> None:
+        """Save ``payload`` to each of ``paths``, in order. ``owned``: payload keys whose values are
+        copies training will not change (not copied again for the background write)."""
         if self._executor is None:
             self._save_each(paths, payload)
             return
         self._collect(keep=self._max_pending - 1)
-        self._pending.append(self._executor.submit(self._save_each, list(paths), _snapshot(payload)))
+        snapshot = {key: value if key in owned else _snapshot(value) for key, value in payload.items()}
+        self._pending.append(self._executor.submit(self._save_each, list(paths), snapshot))
 
     def _save_each(self, paths: list[Path], payload: dict[str, Any]) -> None:
         self._save(paths[0], payload, copies=paths[1:])

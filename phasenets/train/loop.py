@@ -196,12 +196,12 @@ def run_epoch(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> No
     setup.info("%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs", phase.name, state.epoch,
                phase.max_epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss, val_metrics.accuracy,
                " *" if improved else "", time.perf_counter() - epoch_started)
-    if improved:
+    if improved:  # the copy kept as the best weights is also what the checkpoint writes
         state.best_state, state.best_validation = state.stage_state(setup.model), val_metrics
-    # best first, then last: a resume never sees a last newer than its best; the RNG state saved is
-    # where the next epoch starts
-    setup.recorder.save_phase(phase, ("best", "last") if improved else ("last",),
-                              state.stage_state(setup.model, copy=False), **state.progress(done))
+        setup.recorder.save_phase(phase, ("best", "last"), state.best_state, stage_state_copied=True,
+                                  **state.progress(done))
+    else:  # best first, then last: a resume never sees a last newer than its best
+        setup.recorder.save_phase(phase, ("last",), state.stage_state(setup.model, copy=False), **state.progress(done))
 
 
 def train_epoch(setup: RunSetup, state: PhaseState) -> SplitMetrics:

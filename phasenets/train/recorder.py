@@ -54,7 +54,9 @@ class RunRecorder:
         self.is_main = is_main
         # With several processes the checkpoints are written in the loop's thread: a rank's next
         # gradient all-reduce then means rank 0 has committed the epochs before (what a failure leaves).
-        self.checkpoints = CheckpointWriter(save_checkpoint, background=background)
+        # one payload in flight: a snapshot of the stage and its optimizer state is the largest thing a
+        # phase holds (AlexNet's classifier phase: 225 MiB each), and an epoch outlasts its write
+        self.checkpoints = CheckpointWriter(save_checkpoint, background=background, max_pending=1)
         self.log: RunLog | None = None
         if is_main:
             if resumed_at is not None:
@@ -64,14 +66,17 @@ class RunRecorder:
         self._changed_since_shared: set[str] = set()  # state entries trained since it was written
 
     def save_phase(self, phase: Phase, kinds: tuple[str, ...], stage_state: dict[str, torch.Tensor],
-                   **progress: Any) -> None:
+                   stage_state_copied: bool = False, **progress: Any) -> None:
         """Checkpoint ``phase`` as each of ``kinds`` (one payload, written while training goes on).
-        Its model state is the phase's stage only; the rest is in the phase's shared file."""
+        Its model state is the phase's stage only; the rest is in the phase's shared file.
+        ``stage_state_copied``: the tensors are a copy of the caller's that training will not
+        change (the phase's best weights), which the background write then need not copy again."""
         if not self.is_main:
             return
         payload = self.identity.checkpoint(phase, stage_state, **progress).to_payload()
         payload[SHARED_STATE_KEY] = self.run_dir.checkpoint(phase.index, "shared").name
-        self.checkpoints.write([self.run_dir.checkpoint(phase.index, kind) for kind in kinds], payload)
+        self.checkpoints.write([self.run_dir.checkpoint(phase.index, kind) for kind in kinds], payload,
+                               owned=frozenset({"model_state"}) if stage_state_copied else frozenset())
 
     def save_shared(self, phase: Phase, model_state: dict[str, torch.Tensor], stage_names: frozenset[str]) -> None:
         """Write, once per phase, the weights the phase never changes (everything outside its stage).
