@@ -68,13 +68,15 @@ class PhaseState:
     best_validation: SplitMetrics | None = None  # the best epoch's (None after a resume: evaluated again)
 
     def progress(self, results: list[PhaseResult], completed: bool = False) -> dict[str, Any]:
-        """The checkpoint fields that ``--resume`` continues the phase from."""
-        return {
-            "epoch": self.epoch, "completed": completed, "early_stopping": asdict(self.stopper),
-            "seconds": time.perf_counter() - self.started, "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "results": [asdict(result) for result in results],
-        }
+        """The checkpoint fields that ``--resume`` continues the phase from. A completed phase is
+        not continued (the next one starts with a fresh optimizer): its optimizer state, the
+        largest part of a checkpoint after the weights (Adam's: twice them), is left out."""
+        progress = {"epoch": self.epoch, "completed": completed, "early_stopping": asdict(self.stopper),
+                    "seconds": time.perf_counter() - self.started, "results": [asdict(result) for result in results]}
+        if not completed:
+            progress.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                            scaler=self.scaler.state_dict())
+        return progress
 
     def stage_state(self, model: nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
         """The stage's entries of ``model.state_dict()``; ``copy``: cloned, so training cannot change them."""
@@ -196,11 +198,14 @@ def run_epoch(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> No
     setup.info("%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs", phase.name, state.epoch,
                phase.max_epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss, val_metrics.accuracy,
                " *" if improved else "", time.perf_counter() - epoch_started)
+    # The phase's last epoch leaves "last" to the phase's closing checkpoint, written right after it.
+    ending = state.epoch >= phase.max_epochs or state.stopper.should_stop
     if improved:  # the copy kept as the best weights is also what the checkpoint writes
         state.best_state, state.best_validation = state.stage_state(setup.model), val_metrics
-        setup.recorder.save_phase(phase, ("best", "last"), state.best_state, stage_state_copied=True,
-                                  **state.progress(done))
-    else:  # best first, then last: a resume never sees a last newer than its best
+        # best first, then last: a resume never sees a last newer than its best
+        setup.recorder.save_phase(phase, ("best",) if ending else ("best", "last"), state.best_state,
+                                  stage_state_copied=True, **state.progress(done))
+    elif not ending:
         setup.recorder.save_phase(phase, ("last",), state.stage_state(setup.model, copy=False), **state.progress(done))
 
 

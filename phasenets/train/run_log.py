@@ -15,7 +15,7 @@ CSV_FIELDS = ["phase", "epoch", "split", "loss", "accuracy", "top5", "lr", "seco
 # Plots are redrawn at a phase end only while drawing them has cost under this share of the run's
 # time: a long run's curves stay current, a run of seconds is not slowed by five redraws.
 PLOT_TIME_SHARE = 0.05
-FIRST_PLOT_SECONDS = 0.5  # what the first drawing is assumed to cost (matplotlib's import included)
+FIRST_PLOT_SECONDS = 1.5  # what the first drawing is assumed to cost (measured 1.2-2.8 s with matplotlib's import)
 
 
 class RunLog:

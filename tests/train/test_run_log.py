@@ -20,6 +20,7 @@ def clock_and_drawings(monkeypatch):
         now[0] += 1.0
 
     monkeypatch.setattr(run_log.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(run_log, "FIRST_PLOT_SECONDS", 0.5)  # the rule under test, not the estimate
     monkeypatch.setattr(run_log, "plot_history", draw)
     return now, drawings
 

@@ -89,8 +89,13 @@ def test_run_directory_contents(phasewise_run):
     checkpoint = load_checkpoint(run / "checkpoints" / "phase2-last.pt")
     assert checkpoint["classes"] == sorted(CLASSES)
     assert checkpoint["phase"] == 2 and checkpoint["epoch"] == EPOCHS and checkpoint["completed"]
-    for key in ("optimizer", "scheduler", "scaler", "rng", "config", "normalization"):
+    for key in ("rng", "config", "normalization", "results", "early_stopping"):
         assert key in checkpoint
+    # a completed phase is not continued: its closing checkpoint leaves the optimizer state out,
+    # which a checkpoint in the middle of a phase keeps
+    assert not {"optimizer", "scheduler", "scaler"} & checkpoint.keys()
+    mid_phase = load_checkpoint(run / "checkpoints" / "phase2-best.pt")
+    assert not mid_phase["completed"] and {"optimizer", "scheduler", "scaler"} <= mid_phase.keys()
 
     summary = json.loads((run / "summary.json").read_text())
     assert [phase["index"] for phase in summary["phases"]] == [1, 2, 3]
