@@ -9,8 +9,15 @@ random choice (crop box, flip, affine matrix, brightness, contrast, erased box) 
 Python by the PIL path's own sampler (:meth:`ImageTransform.params`, seeded by
 ``view_seed(seed, index, view)``) and fed to the graph as per-sample arguments through
 ``fn.external_source``. View ``v`` of sample ``i`` is therefore the same image whatever the batch
-size, shuffle order, rank or device, and the same view as the torch loader makes, up to resampling
-and decoder rounding.
+size, shuffle order, rank or device.
+
+How the pixels match the torch loader's. The graph runs the steps of
+:class:`~phasenets.data.transforms.ImageTransform` with the same arithmetic: DALI decodes RGB
+(libjpeg-turbo on the CPU, as PIL) and the graph converts to L by PIL's integer formula; the few
+files DALI's decoder converts otherwise (alpha, 16-bit colour) are decoded by PIL in the feed; the
+resize, warp and colour steps stay in float, and the normalization is the one both compute. On the
+CPU the two loaders' images differ by float rounding only (see transforms.py); the ``mixed``
+decoder (nvJPEG, on a GPU) decodes JPEGs with its own IDCT and chroma upsampling.
 
 How a bad file is kept from killing a phase. A DALI pipeline that fails to decode one sample
 raises a critical error and cannot be used again, so (1) the preflight
@@ -25,6 +32,7 @@ so every triple stays truthful) and listed in ``loader.bad_files`` with a warnin
 from __future__ import annotations
 
 import collections
+import io
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -36,6 +44,7 @@ import torch
 # loader exactly when importing this module fails.
 try:
     import nvidia.dali as dali
+    import nvidia.dali.math  # noqa: F401 - dali.math.clamp
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -43,11 +52,11 @@ except ImportError as error:
     raise ImportError("the DALI loader needs NVIDIA DALI: `pip install nvidia-dali-cuda130` (the wheel "
                       "matching your CUDA), or use the torch loader (`--loader torch`)") from error
 
-from phasenets.data.images import BadImageError, open_image_file, read_header
+from phasenets.data.images import BadImageError, has_alpha, load_image, open_image_file, read_header
 from phasenets.data.layout import DatasetError, Sample
 from phasenets.data.torch_loader import SampledLoader, ShardedBatchSampler
 from phasenets.data.transforms import (AugmentConfig, AugmentParams, ImageTransform, Normalization,
-                                       affine_matrix, crop_box, erase_box)
+                                       affine_matrix, erase_box, source_box)
 
 # Batches DALI prepares ahead of the one being consumed.
 _PREFETCH_DEPTH = 2
@@ -77,28 +86,12 @@ class GraphInputs:
     erase_shape: tuple[int, int] = (0, 0)
 
 
-def center_crop_box(width: int, height: int, image_size: int) -> tuple[float, float, float, float]:
-    """Source box (x0, y0, x1, y1) that :func:`~phasenets.data.transforms.resize_center_crop`'s
-    output covers: resizing just this box gives the same pixel mapping as resize-then-crop."""
-    scale = image_size / min(width, height)
-    new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
-    left, top = round((new_w - image_size) / 2), round((new_h - image_size) / 2)
-    scale_x, scale_y = width / new_w, height / new_h
-    return (left * scale_x, top * scale_y, (left + image_size) * scale_x, (top + image_size) * scale_y)
-
-
 def graph_inputs(params: AugmentParams | None, width: int, height: int, image_size: int) -> GraphInputs:
     """Turn one view's :class:`AugmentParams` (None: evaluation) into the graph's inputs, with
     the PIL path's geometry helpers so that both loaders make the same view."""
-    if params is None or params.crop is None:
-        x0, y0, x1, y1 = center_crop_box(width, height, image_size)
-    else:
-        x0, y0, crop_w, crop_h = crop_box(params, width, height)
-        x1, y1 = x0 + crop_w, y0 + crop_h
+    x0, y0, x1, y1 = source_box(params, width, height, image_size)
     if params is None:
         return GraphInputs((y0, x0), (y1, x1))
-    if params.hflip:
-        x0, x1 = x1, x0
     a, b, c, d, e, f = affine_matrix(params, image_size, image_size)
     erase_anchor, erase_shape = (0, 0), (0, 0)
     if params.erase is not None:
@@ -122,11 +115,27 @@ def _has_color(augment: AugmentConfig) -> bool:
 
 @dataclass(frozen=True)
 class Header:
-    """What the feed needs from a file's header."""
+    """What the feed needs from a file's header. ``decoded_by_pil``: DALI's decoder would make
+    other pixels of it than :func:`~phasenets.data.images.to_channels`, so the feed decodes it."""
 
     width: int
     height: int
     format: str  # PIL's name: "JPEG", "PNG", "BMP"
+    decoded_by_pil: bool = False
+
+
+def _dali_decodes_otherwise(image, data: bytes) -> bool:
+    """Whether DALI's decoder turns this file into other 8-bit pixels than PIL + ``to_channels``.
+
+    Measured against DALI 2.4's CPU decoder: 8-bit L, RGB and palette PNGs, BMPs, 1-bit PNGs,
+    16-bit grayscale PNGs and L, RGB and CMYK JPEGs decode to the same pixels. Alpha differs (DALI
+    drops it where ``to_channels`` composites on black), and so does 16-bit colour (PIL keeps each
+    sample's high byte, DALI rounds): those few files are decoded by PIL in the feed.
+    """
+    if has_alpha(image):
+        return True
+    # A PNG's IHDR chunk comes first: bit depth at byte 24, colour type (2 RGB, 6 RGBA) at 25.
+    return image.format == "PNG" and data[24] == 16 and data[25] in (2, 6)
 
 
 def read_encoded(path: str, header: Header | None = None) -> tuple[np.ndarray, Header]:
@@ -141,7 +150,8 @@ def read_encoded(path: str, header: Header | None = None) -> tuple[np.ndarray, H
             file.seek(0)
             try:
                 with read_header(file, path) as image:  # within the pixel limit
-                    header = Header(image.width, image.height, image.format)
+                    header = Header(image.width, image.height, image.format,
+                                    _dali_decodes_otherwise(image, data))
             except BadImageError:
                 raise
             except Exception as error:  # PIL raises many types for garbage input
@@ -178,21 +188,25 @@ def _build_pipeline(*, source, names, batch_size, num_threads, device_id, seed, 
                          seed=seed, prefetch_queue_depth=_PREFETCH_DEPTH, exec_dynamic=True)
     with pipe:
         inputs = dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True)))
+        # The steps and arithmetic of ImageTransform (transforms.py's module docstring), in float
+        # from the resize on: nothing is rounded to 8 bits that the PIL path keeps in float.
         images = fn.decoders.image(inputs["encoded"], device="mixed" if on_gpu else "cpu",
-                                   output_type=types.GRAY if in_channels == 1 else types.RGB,
+                                   output_type=types.RGB,
                                    adjust_orientation=False)  # PIL ignores EXIF orientation too
+        if in_channels == 1:
+            images = _luminance(images)
         images = fn.resize(images, roi_start=inputs["roi_start"], roi_end=inputs["roi_end"],
                            size=(image_size, image_size), interp_type=types.INTERP_LINEAR,
-                           antialias=True)
+                           antialias=True, dtype=types.FLOAT)
         if "matrix" in inputs:
             images = fn.warp_affine(images, matrix=inputs["matrix"], inverse_map=True,
                                     fill_value=0, interp_type=types.INTERP_LINEAR)
         if "brightness" in inputs:
-            images = fn.brightness_contrast(images, brightness=inputs["brightness"],
-                                            contrast=inputs["contrast"])
-        images = fn.crop_mirror_normalize(
-            images, dtype=types.FLOAT, output_layout="CHW",
-            mean=[255.0 * m for m in normalization.mean], std=[255.0 * s for s in normalization.std])
+            images = dali.math.clamp(fn.brightness_contrast(images, brightness=inputs["brightness"],
+                                                            contrast=inputs["contrast"], contrast_center=127.5),
+                                     0.0, 255.0)
+        mean, std = normalization.scaled_to_8bit()
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std)
         if "erase_anchor" in inputs:
             # Filling with 0 after normalization paints the dataset mean, as RandomErasing does.
             images = fn.erase(images, anchor=inputs["erase_anchor"], shape=inputs["erase_shape"],
@@ -200,6 +214,23 @@ def _build_pipeline(*, source, names, batch_size, num_threads, device_id, seed, 
         pipe.set_outputs(images)
     pipe.build()
     return pipe
+
+
+def _luminance(images):
+    """8-bit RGB ``[H, W, 3]`` -> L ``[H, W, 1]`` by PIL's own integer formula (``Image.convert("L")``,
+    ITU-R 601 weights rounded to 16 bits): what :func:`~phasenets.data.images.to_channels` gives.
+    DALI's decoder converts to gray by other roundings (and a JPEG's luma plane is not PIL's
+    conversion of its RGB pixels), so the graph decodes RGB and converts here."""
+    rgb = fn.cast(images, dtype=types.INT32)
+    gray = (rgb[:, :, 0] * 19595 + rgb[:, :, 1] * 38470 + rgb[:, :, 2] * 7471 + 32768) >> 16
+    return fn.cast(fn.expand_dims(gray, axes=[2], new_axis_names="C"), dtype=types.UINT8)
+
+
+def _lossless_png(image) -> np.ndarray:
+    """An 8-bit L or RGB PIL image as PNG bytes, which DALI decodes to exactly its pixels."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
 
 
 def _pack(names: list[str], encoded: list[np.ndarray], params: list[GraphInputs]) -> tuple:
@@ -223,8 +254,8 @@ def _pack(names: list[str], encoded: list[np.ndarray], params: list[GraphInputs]
 class _Probe:
     """A one-image CPU pipeline that tells whether DALI's decoder accepts a file."""
 
-    def __init__(self, in_channels: int):
-        self._in_channels, self._pipe = in_channels, None
+    def __init__(self):
+        self._pipe = None
 
     def decodes(self, encoded: np.ndarray) -> bool:
         if self._pipe is None:
@@ -232,8 +263,7 @@ class _Probe:
                                        prefetch_queue_depth=1)
             with self._pipe:
                 data = fn.external_source(name="encoded", dtype=types.UINT8)
-                self._pipe.set_outputs(fn.decoders.image(
-                    data, output_type=types.GRAY if self._in_channels == 1 else types.RGB))
+                self._pipe.set_outputs(fn.decoders.image(data, output_type=types.RGB))
             self._pipe.build()
         try:
             self._pipe.feed_input("encoded", [encoded])
@@ -278,7 +308,7 @@ class DaliLoader(SampledLoader):
                                          augment=augment, normalization=normalization, seed=seed)
         self._bad: dict[int, str] = {}
         self._headers: dict[int, Header] = {}  # parsed once per file: the feed runs every epoch
-        self._probe = _Probe(in_channels)
+        self._probe = _Probe()
         self._pipe = None
         self._active = None  # the epoch being iterated, if any
         # Per-epoch feed state, read by the external_source callback.
@@ -366,6 +396,8 @@ class DaliLoader(SampledLoader):
             if index not in self._bad:
                 try:
                     data, self._headers[index] = read_encoded(self._paths[index], self._headers.get(index))
+                    if self._headers[index].decoded_by_pil:
+                        data = _lossless_png(load_image(self._paths[index], self._in_channels))
                     return index, data, self._headers[index]
                 except (BadImageError, OSError) as error:
                     self._quarantine(index, str(error))
