@@ -12,12 +12,14 @@ Python by the PIL path's own sampler (:meth:`ImageTransform.params`, seeded by
 size, shuffle order, rank or device.
 
 How the pixels match the torch loader's. The graph runs the steps of
-:class:`~phasenets.data.transforms.ImageTransform` with the same arithmetic: DALI decodes RGB
-(libjpeg-turbo on the CPU, as PIL) and the graph converts to L by PIL's integer formula; the few
-files DALI's decoder converts otherwise (alpha, 16-bit colour) are decoded by PIL in the feed; the
-resize, warp and colour steps stay in float, and the normalization is the one both compute. On the
-CPU the two loaders' images differ by float rounding only (see transforms.py); the ``mixed``
-decoder (nvJPEG, on a GPU) decodes JPEGs with its own IDCT and chroma upsampling.
+:class:`~phasenets.data.transforms.ImageTransform` with the same arithmetic. DALI's CPU decoder is
+libjpeg-turbo for JPEGs, as PIL's, and decodes them to the same RGB; a gray file decodes to the
+same L; for a 1-channel network a colour file is decoded to RGB and converted by PIL's integer
+formula (:func:`_luminance`), not by the decoder. The few files DALI decodes otherwise (alpha,
+16-bit colour) are decoded by PIL in the feed. The resize, warp and colour steps stay in float
+and the normalization is the arithmetic both compute, so on the CPU the two loaders' images differ
+by float rounding only (see transforms.py). The ``mixed`` decoder (nvJPEG, on a GPU) decodes
+JPEGs with its own IDCT and chroma upsampling; not measured here.
 
 How a bad file is kept from killing a phase. A DALI pipeline that fails to decode one sample
 raises a critical error and cannot be used again, so (1) the preflight
@@ -47,6 +49,7 @@ try:
     import nvidia.dali.math  # noqa: F401 - dali.math.clamp
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
     from nvidia.dali.plugin.pytorch import feed_ndarray
 except ImportError as error:
     raise ImportError("the DALI loader needs NVIDIA DALI: `pip install nvidia-dali-cuda130` (the wheel "
@@ -121,6 +124,7 @@ class Header:
     width: int
     height: int
     format: str  # PIL's name: "JPEG", "PNG", "BMP"
+    colour: bool = False  # more than one band, or a palette
     decoded_by_pil: bool = False
 
 
@@ -151,6 +155,7 @@ def read_encoded(path: str, header: Header | None = None) -> tuple[np.ndarray, H
             try:
                 with read_header(file, path) as image:  # within the pixel limit
                     header = Header(image.width, image.height, image.format,
+                                    len(image.getbands()) > 1 or image.mode == "P",
                                     _dali_decodes_otherwise(image, data))
             except BadImageError:
                 raise
@@ -167,9 +172,11 @@ def read_encoded(path: str, header: Header | None = None) -> tuple[np.ndarray, H
 # The DALI graph
 # ----------------------------------------------------------------------------------------------
 
-def _param_names(augment: AugmentConfig | None) -> list[str]:
+def _param_names(augment: AugmentConfig | None, in_channels: int, on_gpu: bool) -> list[str]:
     """The per-sample inputs the graph consumes, in the order the feed returns them."""
     names = ["encoded", "roi_start", "roi_end"]
+    if in_channels == 1 and not on_gpu:
+        names.append("colour")
     if augment is not None and augment.enabled:
         if _has_affine(augment):
             names.append("matrix")
@@ -183,18 +190,23 @@ def _param_names(augment: AugmentConfig | None) -> list[str]:
 def _build_pipeline(*, source, names, batch_size, num_threads, device_id, seed, image_size,
                     in_channels, augment, normalization):
     on_gpu = device_id is not None
-    # exec_dynamic: outputs get their own buffers, so CPU batches can be handed out zero-copy.
-    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                         seed=seed, prefetch_queue_depth=_PREFETCH_DEPTH, exec_dynamic=True)
-    with pipe:
+
+    # Conditionals: on the CPU a 1-channel graph decodes a gray file straight to L and only a
+    # colour file through RGB (a sample takes one branch; a colour JPEG's luma plane is not PIL's L).
+    @pipeline_def(enable_conditionals=True)
+    def graph():
         inputs = dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True)))
         # The steps and arithmetic of ImageTransform (transforms.py's module docstring), in float
         # from the resize on: nothing is rounded to 8 bits that the PIL path keeps in float.
-        images = fn.decoders.image(inputs["encoded"], device="mixed" if on_gpu else "cpu",
-                                   output_type=types.RGB,
-                                   adjust_orientation=False)  # PIL ignores EXIF orientation too
-        if in_channels == 1:
-            images = _luminance(images)
+        encoded, device = inputs["encoded"], "mixed" if on_gpu else "cpu"
+        if in_channels == 3:
+            images = fn.decoders.image(encoded, device=device, output_type=types.RGB, adjust_orientation=False)
+        elif on_gpu or inputs["colour"]:
+            images = _luminance(fn.decoders.image(encoded, device=device, output_type=types.RGB,
+                                                  adjust_orientation=False))
+        else:
+            images = fn.decoders.image(encoded, device=device, output_type=types.GRAY, adjust_orientation=False)
+        # (adjust_orientation=False: PIL ignores EXIF orientation too.)
         images = fn.resize(images, roi_start=inputs["roi_start"], roi_end=inputs["roi_end"],
                            size=(image_size, image_size), interp_type=types.INTERP_LINEAR,
                            antialias=True, dtype=types.FLOAT)
@@ -211,19 +223,22 @@ def _build_pipeline(*, source, names, batch_size, num_threads, device_id, seed, 
             # Filling with 0 after normalization paints the dataset mean, as RandomErasing does.
             images = fn.erase(images, anchor=inputs["erase_anchor"], shape=inputs["erase_shape"],
                               axis_names="HW", fill_value=0.0)
-        pipe.set_outputs(images)
+        return images
+
+    # exec_dynamic: outputs get their own buffers, so CPU batches can be handed out zero-copy.
+    pipe = graph(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                 prefetch_queue_depth=_PREFETCH_DEPTH, exec_dynamic=True)
     pipe.build()
     return pipe
 
 
 def _luminance(images):
-    """8-bit RGB ``[H, W, 3]`` -> L ``[H, W, 1]`` by PIL's own integer formula (``Image.convert("L")``,
-    ITU-R 601 weights rounded to 16 bits): what :func:`~phasenets.data.images.to_channels` gives.
-    DALI's decoder converts to gray by other roundings (and a JPEG's luma plane is not PIL's
-    conversion of its RGB pixels), so the graph decodes RGB and converts here."""
-    rgb = fn.cast(images, dtype=types.INT32)
-    gray = (rgb[:, :, 0] * 19595 + rgb[:, :, 1] * 38470 + rgb[:, :, 2] * 7471 + 32768) >> 16
-    return fn.cast(fn.expand_dims(gray, axes=[2], new_axis_names="C"), dtype=types.UINT8)
+    """8-bit RGB ``[H, W, 3]`` -> L ``[H, W, 1]`` by PIL's integer formula (``Image.convert("L")``:
+    ``(19595 R + 38470 G + 7471 B + 32768) >> 16``), what :func:`~phasenets.data.images.to_channels`
+    gives; DALI's own RGB-to-gray conversion rounds otherwise. In float32 every product and sum
+    of ``M`` is exact, and the conversion rounds half up: equal to PIL's on all 2^24 RGB values
+    (checked on the CPU)."""
+    return fn.coord_transform(images, M=[19595 / 65536, 38470 / 65536, 7471 / 65536], dtype=types.UINT8)
 
 
 def _lossless_png(image) -> np.ndarray:
@@ -233,13 +248,14 @@ def _lossless_png(image) -> np.ndarray:
     return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
 
 
-def _pack(names: list[str], encoded: list[np.ndarray], params: list[GraphInputs]) -> tuple:
+def _pack(names: list[str], encoded: list[np.ndarray], colour: list[bool], params: list[GraphInputs]) -> tuple:
     """One batch per graph input, in ``names`` order (parameters as one [B, ...] array each)."""
     def column(get):
         return np.array([get(p) for p in params], dtype=np.float32)
 
     columns = {
         "encoded": encoded,
+        "colour": np.array(colour, dtype=bool),
         "roi_start": column(lambda p: p.roi_start),
         "roi_end": column(lambda p: p.roi_end),
         "matrix": column(lambda p: p.matrix),
@@ -302,7 +318,7 @@ class DaliLoader(SampledLoader):
                                             drop_last=drop_last, rank=rank, world_size=world_size)
         self._seed = seed
         self._device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
-        self._names = _param_names(self._augment)
+        self._names = _param_names(self._augment, in_channels, self._device_id is not None)
         # Only its parameter sampler is used: the one source of every random choice.
         self._transform = ImageTransform(image_size=image_size, in_channels=in_channels,
                                          augment=augment, normalization=normalization, seed=seed)
@@ -380,15 +396,16 @@ class DaliLoader(SampledLoader):
         if not self._pending:
             raise StopIteration
         batch = self._pending.popleft()
-        fed, encoded, params = [], [], []
+        fed, encoded, colour, params = [], [], [], []
         for index, view in batch:
             index, data, header = self._read_good(index)
             fed.append((index, view))
             encoded.append(data)
+            colour.append(header.colour and not header.decoded_by_pil)  # PIL's decode comes as L or RGB
             params.append(graph_inputs(self._transform.params(index, view), header.width,
                                        header.height, self._image_size))
         self._in_flight.append(fed)
-        return _pack(self._names, encoded, params)
+        return _pack(self._names, encoded, colour, params)
 
     def _read_good(self, index: int) -> tuple[int, np.ndarray, Header]:
         """Read sample ``index``, or the next good sample when it is (or turns out to be) bad."""

@@ -90,6 +90,7 @@ def converted(tmp_path_factory):
         "gray16.png": Image.fromarray(rgb[..., 1].astype(np.uint16) * 257 + rng.integers(0, 257, (30, 40), np.uint16)),
         "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
         "gray.bmp": Image.fromarray(rgb[..., 2]),
+        "bilevel.png": Image.fromarray(rgb[..., 0] > 128),
         "rgb.bmp": Image.fromarray(rgb),
     }
     root = tmp_path_factory.mktemp("modes")
@@ -157,8 +158,8 @@ def test_augmented_views_agree_pixel_by_pixel(digits, photos, in_channels, view)
 
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_converted_modes_decode_to_the_same_pixels(converted, in_channels):
-    # Alpha composited on black, palettes, 16-bit gray and colour, CMYK, BMP: 30x40 at 30 is a
-    # crop, no resampling. DALI decodes alpha and 16-bit colour otherwise; the feed hands it PIL's.
+    # Alpha composited on black, palettes, 16-bit gray and colour, 1-bit, CMYK, BMP: 30x40 at 30 is
+    # a crop, no resampling. DALI decodes alpha and 16-bit colour otherwise; the feed hands it PIL's.
     options = dict(image_size=30, in_channels=in_channels)
     dali, pil = _images(build_dali_loader, converted, **options), _images(build_torch_loader, converted, **options)
     for sample, dali_image, pil_image in zip(converted, dali, pil):
