@@ -9,8 +9,17 @@ random choice (crop box, flip, affine matrix, brightness, contrast, erased box) 
 Python by the PIL path's own sampler (:meth:`ImageTransform.params`, seeded by
 ``view_seed(seed, index, view)``) and fed to the graph as per-sample arguments through
 ``fn.external_source``. View ``v`` of sample ``i`` is therefore the same image whatever the batch
-size, shuffle order, rank or device, and the same view as the torch loader makes, up to resampling
-and decoder rounding.
+size, shuffle order, rank or device.
+
+How the pixels match the torch loader's. The graph runs the steps of
+:class:`~phasenets.data.transforms.ImageTransform` with the same arithmetic. DALI's CPU decoder is
+libjpeg-turbo for JPEGs, as PIL's, and decodes them to the same RGB; a gray file decodes to the
+same L; for a 1-channel network a colour file is decoded to RGB and converted by PIL's integer
+formula (:func:`_luminance`), not by the decoder. The few files DALI decodes otherwise (alpha,
+16-bit colour) are decoded by PIL in the feed. The resize, warp and colour steps stay in float
+and the normalization is the arithmetic both compute, so on the CPU the two loaders' images differ
+by float rounding only (see transforms.py). The ``mixed`` decoder (nvJPEG, on a GPU) decodes
+JPEGs with its own IDCT and chroma upsampling; not measured here.
 
 How a bad file is kept from killing a phase. A DALI pipeline that fails to decode one sample
 raises a critical error and cannot be used again, so (1) the preflight
@@ -25,6 +34,7 @@ so every triple stays truthful) and listed in ``loader.bad_files`` with a warnin
 from __future__ import annotations
 
 import collections
+import io
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -36,18 +46,20 @@ import torch
 # loader exactly when importing this module fails.
 try:
     import nvidia.dali as dali
+    import nvidia.dali.math  # noqa: F401 - dali.math.clamp
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
     from nvidia.dali.plugin.pytorch import feed_ndarray
 except ImportError as error:
     raise ImportError("the DALI loader needs NVIDIA DALI: `pip install nvidia-dali-cuda130` (the wheel "
                       "matching your CUDA), or use the torch loader (`--loader torch`)") from error
 
-from phasenets.data.images import BadImageError, open_image_file, read_header
+from phasenets.data.images import BadImageError, has_alpha, load_image, open_image_file, read_header
 from phasenets.data.layout import DatasetError, Sample
 from phasenets.data.torch_loader import SampledLoader, ShardedBatchSampler
 from phasenets.data.transforms import (AugmentConfig, AugmentParams, ImageTransform, Normalization,
-                                       affine_matrix, crop_box, erase_box)
+                                       affine_matrix, erase_box, source_box)
 
 # Batches DALI prepares ahead of the one being consumed.
 _PREFETCH_DEPTH = 2
@@ -77,28 +89,12 @@ class GraphInputs:
     erase_shape: tuple[int, int] = (0, 0)
 
 
-def center_crop_box(width: int, height: int, image_size: int) -> tuple[float, float, float, float]:
-    """Source box (x0, y0, x1, y1) that :func:`~phasenets.data.transforms.resize_center_crop`'s
-    output covers: resizing just this box gives the same pixel mapping as resize-then-crop."""
-    scale = image_size / min(width, height)
-    new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
-    left, top = round((new_w - image_size) / 2), round((new_h - image_size) / 2)
-    scale_x, scale_y = width / new_w, height / new_h
-    return (left * scale_x, top * scale_y, (left + image_size) * scale_x, (top + image_size) * scale_y)
-
-
 def graph_inputs(params: AugmentParams | None, width: int, height: int, image_size: int) -> GraphInputs:
     """Turn one view's :class:`AugmentParams` (None: evaluation) into the graph's inputs, with
     the PIL path's geometry helpers so that both loaders make the same view."""
-    if params is None or params.crop is None:
-        x0, y0, x1, y1 = center_crop_box(width, height, image_size)
-    else:
-        x0, y0, crop_w, crop_h = crop_box(params, width, height)
-        x1, y1 = x0 + crop_w, y0 + crop_h
+    x0, y0, x1, y1 = source_box(params, width, height, image_size)
     if params is None:
         return GraphInputs((y0, x0), (y1, x1))
-    if params.hflip:
-        x0, x1 = x1, x0
     a, b, c, d, e, f = affine_matrix(params, image_size, image_size)
     erase_anchor, erase_shape = (0, 0), (0, 0)
     if params.erase is not None:
@@ -122,11 +118,28 @@ def _has_color(augment: AugmentConfig) -> bool:
 
 @dataclass(frozen=True)
 class Header:
-    """What the feed needs from a file's header."""
+    """What the feed needs from a file's header. ``decoded_by_pil``: DALI's decoder would make
+    other pixels of it than :func:`~phasenets.data.images.to_channels`, so the feed decodes it."""
 
     width: int
     height: int
     format: str  # PIL's name: "JPEG", "PNG", "BMP"
+    colour: bool = False  # more than one band, or a palette
+    decoded_by_pil: bool = False
+
+
+def _dali_decodes_otherwise(image, data: bytes) -> bool:
+    """Whether DALI's decoder turns this file into other 8-bit pixels than PIL + ``to_channels``.
+
+    Measured against DALI 2.4's CPU decoder: 8-bit L, RGB and palette PNGs, BMPs, 1-bit PNGs,
+    16-bit grayscale PNGs and L, RGB and CMYK JPEGs decode to the same pixels. Alpha differs (DALI
+    drops it where ``to_channels`` composites on black), and so does 16-bit colour (PIL keeps each
+    sample's high byte, DALI rounds): those few files are decoded by PIL in the feed.
+    """
+    if has_alpha(image):
+        return True
+    # A PNG's IHDR chunk comes first: bit depth at byte 24, colour type (2 RGB, 6 RGBA) at 25.
+    return image.format == "PNG" and data[24] == 16 and data[25] in (2, 6)
 
 
 def read_encoded(path: str, header: Header | None = None) -> tuple[np.ndarray, Header]:
@@ -141,7 +154,9 @@ def read_encoded(path: str, header: Header | None = None) -> tuple[np.ndarray, H
             file.seek(0)
             try:
                 with read_header(file, path) as image:  # within the pixel limit
-                    header = Header(image.width, image.height, image.format)
+                    header = Header(image.width, image.height, image.format,
+                                    len(image.getbands()) > 1 or image.mode == "P",
+                                    _dali_decodes_otherwise(image, data))
             except BadImageError:
                 raise
             except Exception as error:  # PIL raises many types for garbage input
@@ -157,9 +172,11 @@ def read_encoded(path: str, header: Header | None = None) -> tuple[np.ndarray, H
 # The DALI graph
 # ----------------------------------------------------------------------------------------------
 
-def _param_names(augment: AugmentConfig | None) -> list[str]:
+def _param_names(augment: AugmentConfig | None, in_channels: int, on_gpu: bool) -> list[str]:
     """The per-sample inputs the graph consumes, in the order the feed returns them."""
     names = ["encoded", "roi_start", "roi_end"]
+    if in_channels == 1 and not on_gpu:
+        names.append("colour")
     if augment is not None and augment.enabled:
         if _has_affine(augment):
             names.append("matrix")
@@ -173,42 +190,72 @@ def _param_names(augment: AugmentConfig | None) -> list[str]:
 def _build_pipeline(*, source, names, batch_size, num_threads, device_id, seed, image_size,
                     in_channels, augment, normalization):
     on_gpu = device_id is not None
-    # exec_dynamic: outputs get their own buffers, so CPU batches can be handed out zero-copy.
-    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                         seed=seed, prefetch_queue_depth=_PREFETCH_DEPTH, exec_dynamic=True)
-    with pipe:
+
+    # Conditionals: on the CPU a 1-channel graph decodes a gray file straight to L and only a
+    # colour file through RGB (a sample takes one branch; a colour JPEG's luma plane is not PIL's L).
+    @pipeline_def(enable_conditionals=True)
+    def graph():
         inputs = dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True)))
-        images = fn.decoders.image(inputs["encoded"], device="mixed" if on_gpu else "cpu",
-                                   output_type=types.GRAY if in_channels == 1 else types.RGB,
-                                   adjust_orientation=False)  # PIL ignores EXIF orientation too
+        # The steps and arithmetic of ImageTransform (transforms.py's module docstring), in float
+        # from the resize on: nothing is rounded to 8 bits that the PIL path keeps in float.
+        encoded, device = inputs["encoded"], "mixed" if on_gpu else "cpu"
+        if in_channels == 3:
+            images = fn.decoders.image(encoded, device=device, output_type=types.RGB, adjust_orientation=False)
+        elif on_gpu or inputs["colour"]:
+            images = _luminance(fn.decoders.image(encoded, device=device, output_type=types.RGB,
+                                                  adjust_orientation=False))
+        else:
+            images = fn.decoders.image(encoded, device=device, output_type=types.GRAY, adjust_orientation=False)
+        # (adjust_orientation=False: PIL ignores EXIF orientation too.)
         images = fn.resize(images, roi_start=inputs["roi_start"], roi_end=inputs["roi_end"],
                            size=(image_size, image_size), interp_type=types.INTERP_LINEAR,
-                           antialias=True)
+                           antialias=True, dtype=types.FLOAT)
         if "matrix" in inputs:
             images = fn.warp_affine(images, matrix=inputs["matrix"], inverse_map=True,
                                     fill_value=0, interp_type=types.INTERP_LINEAR)
         if "brightness" in inputs:
-            images = fn.brightness_contrast(images, brightness=inputs["brightness"],
-                                            contrast=inputs["contrast"])
-        images = fn.crop_mirror_normalize(
-            images, dtype=types.FLOAT, output_layout="CHW",
-            mean=[255.0 * m for m in normalization.mean], std=[255.0 * s for s in normalization.std])
+            images = dali.math.clamp(fn.brightness_contrast(images, brightness=inputs["brightness"],
+                                                            contrast=inputs["contrast"], contrast_center=127.5),
+                                     0.0, 255.0)
+        mean, std = normalization.scaled_to_8bit()
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std)
         if "erase_anchor" in inputs:
             # Filling with 0 after normalization paints the dataset mean, as RandomErasing does.
             images = fn.erase(images, anchor=inputs["erase_anchor"], shape=inputs["erase_shape"],
                               axis_names="HW", fill_value=0.0)
-        pipe.set_outputs(images)
+        return images
+
+    # exec_dynamic: outputs get their own buffers, so CPU batches can be handed out zero-copy.
+    pipe = graph(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                 prefetch_queue_depth=_PREFETCH_DEPTH, exec_dynamic=True)
     pipe.build()
     return pipe
 
 
-def _pack(names: list[str], encoded: list[np.ndarray], params: list[GraphInputs]) -> tuple:
+def _luminance(images):
+    """8-bit RGB ``[H, W, 3]`` -> L ``[H, W, 1]`` by PIL's integer formula (``Image.convert("L")``:
+    ``(19595 R + 38470 G + 7471 B + 32768) >> 16``), what :func:`~phasenets.data.images.to_channels`
+    gives; DALI's own RGB-to-gray conversion rounds otherwise. In float32 every product and sum
+    of ``M`` is exact, and the conversion rounds half up: equal to PIL's on all 2^24 RGB values
+    (checked on the CPU)."""
+    return fn.coord_transform(images, M=[19595 / 65536, 38470 / 65536, 7471 / 65536], dtype=types.UINT8)
+
+
+def _lossless_png(image) -> np.ndarray:
+    """An 8-bit L or RGB PIL image as PNG bytes, which DALI decodes to exactly its pixels."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+
+
+def _pack(names: list[str], encoded: list[np.ndarray], colour: list[bool], params: list[GraphInputs]) -> tuple:
     """One batch per graph input, in ``names`` order (parameters as one [B, ...] array each)."""
     def column(get):
         return np.array([get(p) for p in params], dtype=np.float32)
 
     columns = {
         "encoded": encoded,
+        "colour": np.array(colour, dtype=bool),
         "roi_start": column(lambda p: p.roi_start),
         "roi_end": column(lambda p: p.roi_end),
         "matrix": column(lambda p: p.matrix),
@@ -223,8 +270,8 @@ def _pack(names: list[str], encoded: list[np.ndarray], params: list[GraphInputs]
 class _Probe:
     """A one-image CPU pipeline that tells whether DALI's decoder accepts a file."""
 
-    def __init__(self, in_channels: int):
-        self._in_channels, self._pipe = in_channels, None
+    def __init__(self):
+        self._pipe = None
 
     def decodes(self, encoded: np.ndarray) -> bool:
         if self._pipe is None:
@@ -232,8 +279,7 @@ class _Probe:
                                        prefetch_queue_depth=1)
             with self._pipe:
                 data = fn.external_source(name="encoded", dtype=types.UINT8)
-                self._pipe.set_outputs(fn.decoders.image(
-                    data, output_type=types.GRAY if self._in_channels == 1 else types.RGB))
+                self._pipe.set_outputs(fn.decoders.image(data, output_type=types.RGB))
             self._pipe.build()
         try:
             self._pipe.feed_input("encoded", [encoded])
@@ -272,13 +318,13 @@ class DaliLoader(SampledLoader):
                                             drop_last=drop_last, rank=rank, world_size=world_size)
         self._seed = seed
         self._device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
-        self._names = _param_names(self._augment)
+        self._names = _param_names(self._augment, in_channels, self._device_id is not None)
         # Only its parameter sampler is used: the one source of every random choice.
         self._transform = ImageTransform(image_size=image_size, in_channels=in_channels,
                                          augment=augment, normalization=normalization, seed=seed)
         self._bad: dict[int, str] = {}
         self._headers: dict[int, Header] = {}  # parsed once per file: the feed runs every epoch
-        self._probe = _Probe(in_channels)
+        self._probe = _Probe()
         self._pipe = None
         self._active = None  # the epoch being iterated, if any
         # Per-epoch feed state, read by the external_source callback.
@@ -350,15 +396,16 @@ class DaliLoader(SampledLoader):
         if not self._pending:
             raise StopIteration
         batch = self._pending.popleft()
-        fed, encoded, params = [], [], []
+        fed, encoded, colour, params = [], [], [], []
         for index, view in batch:
             index, data, header = self._read_good(index)
             fed.append((index, view))
             encoded.append(data)
+            colour.append(header.colour and not header.decoded_by_pil)  # PIL's decode comes as L or RGB
             params.append(graph_inputs(self._transform.params(index, view), header.width,
                                        header.height, self._image_size))
         self._in_flight.append(fed)
-        return _pack(self._names, encoded, params)
+        return _pack(self._names, encoded, colour, params)
 
     def _read_good(self, index: int) -> tuple[int, np.ndarray, Header]:
         """Read sample ``index``, or the next good sample when it is (or turns out to be) bad."""
@@ -366,6 +413,8 @@ class DaliLoader(SampledLoader):
             if index not in self._bad:
                 try:
                     data, self._headers[index] = read_encoded(self._paths[index], self._headers.get(index))
+                    if self._headers[index].decoded_by_pil:
+                        data = _lossless_png(load_image(self._paths[index], self._in_channels))
                     return index, data, self._headers[index]
                 except (BadImageError, OSError) as error:
                     self._quarantine(index, str(error))

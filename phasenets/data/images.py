@@ -132,9 +132,15 @@ def conversion_note(image: Image.Image) -> str | None:
         return "CMYK image, converted to RGB"
     if mode in _WIDE_MODES:
         return f"{'floating-point' if mode == 'F' else '16-bit'} image (mode {mode}), scaled to 8 bits"
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+    if has_alpha(image):
         return "image with an alpha channel, composited on black"
     return None
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """True for an image with an alpha channel (or a palette with a transparent entry), which
+    :func:`to_channels` composites on black."""
+    return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
 
 
 def to_channels(image: Image.Image, in_channels: int) -> Image.Image:

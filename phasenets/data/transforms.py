@@ -4,13 +4,27 @@ Every random choice of one augmented view comes from one generator seeded by
 ``view_seed(seed, index, view)``, drawing a fixed vector of uniforms in a fixed order, so view
 ``v`` of sample ``i`` is the same image every time, in any worker, on any rank, and switching one
 augmentation on or off does not change the others' draws. :func:`sample_augment_params` and the
-geometry helpers (:func:`crop_box`, :func:`affine_matrix`, :func:`erase_box`) are plain functions
+geometry helpers (:func:`source_box`, :func:`affine_matrix`, :func:`erase_box`) are plain functions
 of those numbers so that the DALI pipeline can reproduce the same views.
 
-Training path, in order: random resized crop (or the evaluation resize + center crop), horizontal
-flip, one affine warp for rotation / shear / zoom / shift (about the centre, black fill),
-contrast and brightness, conversion to 0..1 floats, normalization, random erasing (fills 0, the
-normalized mean).
+The pixel path, the same arithmetic in both loaders (the DALI graph in
+:mod:`phasenets.data.dali_loader` does each step with the operator named):
+
+1. decode to 8-bit L or RGB (:func:`phasenets.data.images.to_channels`);
+2. resample the source box (the evaluation centre crop or the random resized crop, mirrored for a
+   horizontal flip) to ``image_size`` squared, in float with no rounding (:func:`resample`;
+   ``fn.resize(antialias=True, dtype=FLOAT)``);
+3. one affine warp for rotation / shear / zoom / shift about the centre, bilinear, 0 outside
+   (:func:`warp_affine`; ``fn.warp_affine``);
+4. contrast and brightness on the 0..255 scale, clamped to [0, 255] (``fn.brightness_contrast``);
+5. normalization, ``(x - 255 mean) * (1 / (255 std))`` in float32 (:meth:`Normalization.apply`;
+   ``fn.crop_mirror_normalize``, whose arithmetic this is);
+6. random erasing (fills 0, the normalized mean; ``fn.erase``).
+
+No step after the decode rounds to 8 bits, so on the CPU the two loaders differ only by float
+rounding in steps 2 to 4 (measured: at most 0.0003 of an 8-bit step on the evaluation path, JPEG
+included, 0.014 with every augmentation on; tests/data/test_loader_agreement.py), and not at all
+where nothing is resampled (an image already ``image_size`` squared, as in the demo).
 """
 from __future__ import annotations
 
@@ -114,7 +128,7 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class Normalization:
-    """Per-channel ``(x - mean) / std`` on the 0..1 scale."""
+    """Per-channel ``(x - mean) / std``; ``mean`` and ``std`` are on the 0..1 scale."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -130,12 +144,22 @@ class Normalization:
         return cls((0.0,) * in_channels, (1.0,) * in_channels)
 
     def apply(self, image: torch.Tensor) -> torch.Tensor:
-        """Normalize a ``[C, H, W]`` float tensor (returns a new tensor)."""
+        """Normalize a float32 ``[C, H, W]`` tensor of pixel values on the **0..255** scale.
+
+        Computes ``(x - 255 mean) * (1 / (255 std))`` in float32, the arithmetic of DALI's
+        ``crop_mirror_normalize`` given ``255 * mean`` and ``255 * std``, so that both loaders
+        give the same bits for the same pixel values.
+        """
         if image.shape[0] != len(self.mean):
             raise ValueError(f"normalization has {len(self.mean)} channels, image has {image.shape[0]}")
-        mean = torch.tensor(self.mean, dtype=image.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=image.dtype).view(-1, 1, 1)
-        return (image - mean) / std
+        mean, std = self.scaled_to_8bit()
+        mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        inverse_std = 1.0 / torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        return (image.float() - mean) * inverse_std
+
+    def scaled_to_8bit(self) -> tuple[list[float], list[float]]:
+        """``255 * mean`` and ``255 * std``: what DALI's ``crop_mirror_normalize`` is given."""
+        return [255.0 * m for m in self.mean], [255.0 * s for s in self.std]
 
 
 def view_seed(seed: int, index: int, view: int) -> int:
@@ -211,8 +235,8 @@ def affine_matrix(params: AugmentParams, width: int, height: int) -> tuple[float
 
     Forward: ``p_out = centre + shift + zoom * R(angle) * Shear(shear) * (p_in - centre)``, in
     continuous pixel coordinates with ``centre = (width / 2, height / 2)`` and ``Shear`` the x-shear
-    ``[[1, tan s], [0, 1]]``. ``x_in = a x + b y + c``, ``y_in = d x + e y + f``: what PIL's
-    ``Image.transform(AFFINE)`` and DALI's ``warp_affine`` (``inverse_map=True``) take.
+    ``[[1, tan s], [0, 1]]``. ``x_in = a x + b y + c``, ``y_in = d x + e y + f``: what
+    :func:`warp_affine` and DALI's ``warp_affine`` (``inverse_map=True``) take.
     """
     theta, phi = math.radians(params.angle), math.radians(params.shear)
     cos, sin, tan = math.cos(theta), math.sin(theta), math.tan(phi)
@@ -227,43 +251,89 @@ def affine_matrix(params: AugmentParams, width: int, height: int) -> tuple[float
     return (i11, i12, cx - i11 * ox - i12 * oy, i21, i22, cy - i21 * ox - i22 * oy)
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """The evaluation geometry: shorter side to ``size`` (bilinear, antialiased), centre crop."""
-    width, height = image.size
+def center_crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """The evaluation geometry as a source box ``(x0, y0, x1, y1)``: the shorter side scaled to
+    ``size`` (the other rounded to whole output pixels), then the central ``size`` squared."""
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = round((new_w - size) / 2), round((new_h - size) / 2)
-    return image.crop((left, top, left + size, top + size))
+    scale_x, scale_y = width / new_w, height / new_h
+    return (left * scale_x, top * scale_y, (left + size) * scale_x, (top + size) * scale_y)
 
 
-def augment_geometry(image: Image.Image, params: AugmentParams, size: int) -> Image.Image:
-    """Crop (or evaluation resize), flip and affine warp: a ``size x size`` image."""
-    if params.crop is not None:
-        x0, y0, w, h = crop_box(params, *image.size)
-        image = image.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + w, y0 + h))
+def source_box(params: AugmentParams | None, width: int, height: int,
+               size: int) -> tuple[float, float, float, float]:
+    """The source box ``(x0, y0, x1, y1)`` one view resamples to ``size`` squared: the random
+    resized crop, else the evaluation centre crop; ``x0 > x1`` mirrors it (the horizontal flip)."""
+    if params is None or params.crop is None:
+        x0, y0, x1, y1 = center_crop_box(width, height, size)
     else:
-        image = resize_center_crop(image, size)
-    if params.hflip:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if params.has_affine:
-        image = image.transform((size, size), Image.Transform.AFFINE, affine_matrix(params, size, size),
-                                resample=Image.Resampling.BILINEAR, fillcolor=0)
-    return image
+        x0, y0, crop_w, crop_h = crop_box(params, width, height)
+        x1, y1 = x0 + crop_w, y0 + crop_h
+    if params is not None and params.hflip:
+        x0, x1 = x1, x0
+    return x0, y0, x1, y1
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """An 8-bit L or RGB image as a float32 ``[C, H, W]`` tensor on the 0..1 scale."""
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.transpose(2, 0, 1).copy()).float().div_(255.0)
+def resample(pixels: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
+    """Resample the source box ``(x0, y0, x1, y1)`` of 8-bit ``[H, W, C]`` pixels to float32
+    ``[C, size, size]``, with no rounding.
+
+    Per axis, a triangle filter of radius ``max(1, box side / size)`` source pixels centred on each
+    output pixel (linear interpolation when enlarging, antialiased when shrinking), weights
+    normalized to 1, and source pixels beyond the image edge taken from the edge: the filter of
+    DALI's ``fn.resize(interp_type=INTERP_LINEAR, antialias=True)``, which the DALI loader runs on
+    the same box. The box is rounded to float32 first, as DALI receives it; ``x0 > x1`` mirrors it.
+
+    PIL's float ("F") resize computes the same triangle filter in double precision, but near the
+    image edge it renormalizes the weights of the pixels inside where DALI repeats the edge pixel;
+    so the region is cut with a margin wider than the filter, the margin beyond the image filled
+    with edge pixels, and PIL never reaches a border.
+    """
+    x0, y0, x1, y1 = (float(np.float32(v)) for v in box)
+    mirror = x0 > x1
+    x0, x1 = min(x0, x1), max(x0, x1)
+    margin = math.ceil(max(1.0, (x1 - x0) / size, (y1 - y0) / size)) + 1
+    left, top = math.floor(x0) - margin, math.floor(y0) - margin
+    right, bottom = math.ceil(x1) + margin, math.ceil(y1) + margin
+    height, width = pixels.shape[:2]
+    region = pixels[max(top, 0):min(bottom, height), max(left, 0):min(right, width)]
+    region = np.pad(region, ((max(0, -top), max(0, bottom - height)), (max(0, -left), max(0, right - width)), (0, 0)),
+                    mode="edge")
+    region_box = (x0 - left, y0 - top, x1 - left, y1 - top)
+    planes = []
+    for channel in range(region.shape[2]):
+        plane = Image.fromarray(np.ascontiguousarray(region[:, :, channel])).convert("F")
+        plane = plane.resize((size, size), Image.Resampling.BILINEAR, box=region_box)
+        planes.append(plane.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else plane)
+    return np.stack([np.asarray(plane) for plane in planes])
+
+
+def warp_affine(planes: np.ndarray, matrix: Sequence[float]) -> np.ndarray:
+    """Warp float32 ``[C, H, W]`` planes by the inverse map ``(a, b, c, d, e, f)`` of
+    :func:`affine_matrix`: output pixel centre ``(x, y)`` samples the input at ``(a x + b y + c,
+    d x + e y + f)``, bilinearly, with 0 outside the image, blended in at its edge: DALI's
+    ``fn.warp_affine(inverse_map=True, fill_value=0, interp_type=INTERP_LINEAR)``.
+
+    PIL's float affine transform interpolates the same way inside the image but repeats the edge
+    pixel where DALI blends in the fill; a ring of zeros around each plane makes them agree.
+    """
+    _, height, width = planes.shape
+    a, b, c, d, e, f = matrix
+    shifted = (a, b, c + 1, d, e, f + 1)  # input coordinates inside the ring
+    warped = []
+    for plane in planes:
+        ringed = Image.fromarray(np.pad(plane, 1))  # float32: mode F
+        warped.append(np.asarray(ringed.transform((width, height), Image.Transform.AFFINE, shifted,
+                                                  resample=Image.Resampling.BILINEAR, fillcolor=0)))
+    return np.stack(warped)
 
 
 def adjust_contrast_brightness(image: torch.Tensor, contrast: float, brightness: float) -> torch.Tensor:
-    """``brightness * (0.5 + contrast * (x - 0.5))`` clamped to [0, 1], as DALI's brightness_contrast
-    computes it with its default contrast centre (half the range)."""
-    return image.sub(0.5).mul_(contrast).add_(0.5).mul_(brightness).clamp_(0.0, 1.0)
+    """``brightness * (127.5 + contrast * (x - 127.5))`` clamped to [0, 255], on the 0..255 scale
+    (``brightness * (0.5 + contrast * (x - 0.5))`` on the 0..1 scale): DALI's
+    ``brightness_contrast`` with ``contrast_center=127.5``, then a clamp."""
+    return image.sub(127.5).mul_(contrast).add_(127.5).mul_(brightness).clamp_(0.0, 255.0)
 
 
 class ImageTransform:
@@ -293,13 +363,15 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image, index: int, view: int) -> torch.Tensor:
         params = self.params(index, view)
-        if params is None:
-            return self.normalization.apply(to_tensor(resize_center_crop(image, self.image_size)))
-        tensor = to_tensor(augment_geometry(image, params, self.image_size))
-        if params.contrast != 1.0 or params.brightness != 1.0:
+        pixels = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, -1)
+        planes = resample(pixels, source_box(params, image.width, image.height, self.image_size), self.image_size)
+        if params is not None and params.has_affine:
+            planes = warp_affine(planes, affine_matrix(params, self.image_size, self.image_size))
+        tensor = torch.from_numpy(planes)
+        if params is not None and (params.contrast != 1.0 or params.brightness != 1.0):
             tensor = adjust_contrast_brightness(tensor, params.contrast, params.brightness)
         tensor = self.normalization.apply(tensor)
-        if params.erase is not None:
+        if params is not None and params.erase is not None:
             x0, y0, w, h = erase_box(params, self.image_size, self.image_size)
             tensor[:, y0:y0 + h, x0:x0 + w] = 0.0
         return tensor
@@ -325,11 +397,13 @@ def compute_normalization(samples: Sequence, mode: str, image_size: int, in_chan
         raise ValueError(f"normalization {mode!r} needs training samples to measure, got none")
 
     def channel_sums(sample) -> np.ndarray:  # [2, C]: sum and sum of squares over pixels
-        image = resize_center_crop(load_image(sample.path, in_channels), image_size)
-        pixels = np.asarray(image, dtype=np.float64).reshape(image_size * image_size, in_channels) / 255.0
+        image = load_image(sample.path, in_channels)
+        pixels = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, in_channels)
+        planes = resample(pixels, center_crop_box(image.width, image.height, image_size), image_size)
+        pixels = planes.astype(np.float64).reshape(in_channels, image_size * image_size).T / 255.0
         return np.stack([pixels.sum(0), np.square(pixels).sum(0)])
 
-    # PIL decodes with the GIL released, so threads decode in parallel.
+    # PIL decodes and numpy resamples with the GIL released, so threads work in parallel.
     with ThreadPoolExecutor(max_workers=num_workers or min(8, os.cpu_count() or 1)) as pool:
         totals = sum(pool.map(channel_sums, samples))
     count = len(samples) * image_size * image_size

@@ -14,12 +14,15 @@ from phasenets.data.transforms import (
     ImageTransform,
     Normalization,
     affine_matrix,
+    center_crop_box,
     compute_normalization,
     crop_box,
     erase_box,
-    resize_center_crop,
+    resample,
     sample_augment_params,
+    source_box,
     view_seed,
+    warp_affine,
 )
 from tests.data.corpus import write_image
 
@@ -116,7 +119,7 @@ def test_views_are_reproducible_and_differ_from_each_other(tmp_path):
 def test_evaluation_path_resizes_the_shorter_side_and_center_crops():
     stripes = Image.new("L", (40, 20), 0)
     stripes.paste(255, (6, 0, 34, 20))  # bright centre, wider than the crop (source x 10..30)
-    assert resize_center_crop(stripes, 10).size == (10, 10)
+    assert center_crop_box(40, 20, 10) == (10.0, 0.0, 30.0, 20.0)
     transform = ImageTransform(image_size=10, in_channels=1, augment=AugmentConfig(),
                                normalization=Normalization.identity(1))
     out = transform(stripes, index=0, view=9)
@@ -178,3 +181,59 @@ def test_mode_conversions_to_one_or_three_channels():
     assert to_channels(Image.new("RGB", (1, 1), (255, 255, 255)), 1).getpixel((0, 0)) == 255
     with pytest.raises(ValueError, match="in_channels must be 1 or 3"):
         to_channels(gray, 4)
+
+
+def test_resample_is_exact_without_scaling_and_mirrors_a_flipped_box():
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    planes = pixels.transpose(2, 0, 1).astype(np.float32)
+    shrunk = resample(pixels, (0, 0, 16, 12), 12)  # rows 1:1; columns 16 -> 12
+    assert shrunk.dtype == np.float32 and shrunk.shape == (3, 12, 12)
+    assert np.array_equal(resample(pixels, (2, 0, 14, 12), 12), planes[:, :, 2:14])
+    np.testing.assert_allclose(resample(pixels, (14, 0, 2, 12), 12), planes[:, :, 13:1:-1], atol=1e-4)
+    np.testing.assert_allclose(resample(pixels, (16, 0, 0, 12), 12), shrunk[:, :, ::-1], atol=1e-4)
+
+
+def test_resample_filters_like_a_triangle_with_the_edge_repeated():
+    # Shrinking 8 -> 2 (radius 4 source pixels): output pixel 0 is centred at 2.0 and weighs the
+    # pixels centred at -1.5 .. 5.5 by 1 - |distance| / 4, those beyond the left edge being the
+    # edge pixel again (PIL alone would leave them out).
+    row = np.arange(8, dtype=np.uint8).reshape(1, 8, 1) * 10
+    centres = np.arange(-2, 6) + 0.5
+    weights = 1 - np.abs(centres - 2.0) / 4
+    values = np.clip(np.arange(-2, 6), 0, 7) * 10
+    out = resample(row, (0, 0, 8, 1), 2)
+    assert out.shape == (1, 2, 2)
+    assert out[0, 0, 0] == pytest.approx((weights * values).sum() / weights.sum(), abs=1e-4)
+    # Enlarging is linear interpolation: 2 -> 4 puts output centres at 0.25, 0.75, 1.25, 1.75.
+    pair = np.array([[[0], [100]]], dtype=np.uint8)
+    np.testing.assert_allclose(resample(pair, (0, 0, 2, 1), 4)[0, 0], [0, 25, 75, 100], atol=1e-4)
+
+
+def test_source_box_is_the_crop_or_the_centre_mirrored_by_the_flip():
+    params = sampled(EVERYTHING, count=50)
+    flipped = next(p for p in params if p.hflip)
+    x0, y0, w, h = crop_box(flipped, 40, 30)
+    assert source_box(flipped, 40, 30, 16) == (x0 + w, y0, x0, y0 + h)
+    assert source_box(None, 40, 30, 16) == center_crop_box(40, 30, 16)
+
+
+def test_warp_affine_moves_pixels_and_blends_in_zeros_at_the_edge():
+    planes = np.arange(1, 37, dtype=np.float32).reshape(1, 6, 6)
+    np.testing.assert_allclose(warp_affine(planes, (1, 0, 0, 0, 1, 0)), planes, atol=1e-5)
+    shifted = warp_affine(planes, (1, 0, -2, 0, 1, 0))  # output x samples input x - 2
+    np.testing.assert_allclose(shifted[:, :, 2:], planes[:, :, :4], atol=1e-5)
+    assert not shifted[:, :, :2].any()
+    half = warp_affine(planes, (1, 0, 0.5, 0, 1, 0))  # half a pixel right: the last column meets 0
+    np.testing.assert_allclose(half[:, :, :5], (planes[:, :, :5] + planes[:, :, 1:]) / 2, atol=1e-5)
+    np.testing.assert_allclose(half[:, :, 5], planes[:, :, 5] / 2, atol=1e-5)
+    assert not warp_affine(planes, (1, 0, 0, 0, 1, -50)).any()
+
+
+def test_normalization_runs_the_arithmetic_of_dali_crop_mirror_normalize():
+    # (x - float32(255 mean)) * float32(1 / float32(255 std)), every 8-bit value.
+    normalization = Normalization((0.485, 0.2), (0.229, 0.7))
+    values = torch.arange(256, dtype=torch.float32).expand(2, 1, 256)
+    out = normalization.apply(values)
+    for channel, (mean, std) in enumerate(zip(normalization.mean, normalization.std)):
+        expected = (np.arange(256, dtype=np.float32) - np.float32(255 * mean)) * (np.float32(1) / np.float32(255 * std))
+        assert np.array_equal(out[channel, 0].numpy(), expected)
