@@ -36,6 +36,8 @@ __all__ = ["CacheReport", "ImageFeed", "PhaseInputs", "SPLITS"]
 log = logging.getLogger("phasenets")
 
 SPLITS = ("train", "validation", "test")
+# the version of data/transforms.py's pixel arithmetic: a cache built by another one is rebuilt
+PIXEL_PATH_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class ImageFeed:
             "image_size": self.image_size, "in_channels": self.in_channels, "normalization": self.normalization,
             "augment": augment, "seed": self.config.seed if augmented else None, "amp": self.config.amp,
             "loader": loader_name,
+            "pixels": PIXEL_PATH_VERSION,
         }
         samples = self.samples(split)  # what this rank caches: its shard, padded as it trains on it
         batching = self.batching(split)
