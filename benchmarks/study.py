@@ -108,6 +108,7 @@ class StudySettings:
     num_threads: int = 1
     cache_views: int | None = None  # None: the trainer's default (1 without augmentation)
     precise_bn: bool = False  # re-estimate batch-norm statistics at each phase's end (TrainConfig.precise_bn)
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up at the start of every phase (TrainConfig.warmup_epochs)
     # one input side for every model, the 28 px images upscaled to it (AlexNet's 227 px, as in the
     # paper, on a GPU); None: each model's own size in MODEL_INPUTS
     image_size: int | None = None
@@ -386,7 +387,7 @@ def train_config(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySe
         finetune_epochs=settings.epochs_per_phase if spec.schedule == "phasewise+finetune" else 0,
         finetune_lr_scale=settings.finetune_lr_scale, loader=settings.loader, num_workers=settings.num_workers,
         num_threads=settings.num_threads, cache_views=settings.cache_views, precise_bn=settings.precise_bn,
-        seed=spec.seed, output=str(run_dir), tensorboard=False,
+        warmup_epochs=settings.warmup_epochs, seed=spec.seed, output=str(run_dir), tensorboard=False,
     )
 
 
@@ -823,6 +824,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=defaults.patience, help="early stopping, for every phase")
     parser.add_argument("--optimizer", default=defaults.optimizer)
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default: the optimizer's")
+    parser.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs,
+                        help="linear learning-rate warm-up over the first epochs of every phase")
+    parser.add_argument("--only-seeds", default=None, help="comma separated seeds to run instead of 0..--seeds-1")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--head", default=defaults.head, choices=HEADS, help="auxiliary heads")
     parser.add_argument("--augment", default=defaults.augment, choices=AUGMENT_PRESETS)
@@ -859,9 +863,11 @@ def run_from_args(args: argparse.Namespace, program: str = "python benchmarks/ac
         batch_size=args.batch_size, head=args.head, augment=args.augment, test_per_class=test_per_class,
         loader=args.loader, num_workers=args.num_workers, num_threads=args.num_threads,
         cache_views=args.cache_views, precise_bn=args.precise_bn, image_size=args.image_size,
+        warmup_epochs=args.warmup_epochs,
     )
+    seed_list = _int_list(args.only_seeds, "--only-seeds") if args.only_seeds else range(seeds)
     output = args.output or ("runs/accuracy-quick" if args.quick else "runs/accuracy")
-    return run_study(output, models=models, sizes=sizes, schedules=_name_list(args.schedules), seeds=range(seeds),
+    return run_study(output, models=models, sizes=sizes, schedules=_name_list(args.schedules), seeds=seed_list,
                      settings=settings, command=command, report=args.report, results=args.results, jobs=args.jobs,
                      verbose=args.verbose, also_into=also_into)
 

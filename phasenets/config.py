@@ -200,6 +200,10 @@ class TrainConfig:
         None, "learning-rate schedule within a phase [default: inverse_time when --lr-decay > 0, else constant]",
         choices=LR_SCHEDULES, group="optimisation",
     )
+    warmup_epochs: float = _option(
+        0.0, "each phase's learning rate rises linearly from near zero over its first this many epochs "
+        "(fractions allowed)", group="optimisation"
+    )
     lr_step_size: int = _option(30, "step schedule: epochs between learning-rate drops", group="optimisation")
     lr_gamma: float = _option(0.1, "step schedule: factor of each drop", group="optimisation")
     label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy loss", group="optimisation")
@@ -301,7 +305,7 @@ class TrainConfig:
         _check(self.cache_views is None or self.cache_views >= 1, f"cache_views must be at least 1, got {self.cache_views}")
         _check(self.cache_budget_gb is None or self.cache_budget_gb > 0,
                f"cache_budget_gb must be positive, got {self.cache_budget_gb}")
-        for name in ("patience", "finetune_epochs", "weight_decay", "lr_decay", "label_smoothing"):
+        for name in ("patience", "finetune_epochs", "weight_decay", "lr_decay", "label_smoothing", "warmup_epochs"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.label_smoothing < 1, f"label_smoothing must be below 1, got {self.label_smoothing}")
         _check(self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}")

@@ -82,7 +82,7 @@ def test_help_speaks_to_users(prog, parser):
     (["eval"], "--loader", "{auto,dali,torch}"),
     (["eval"], "--split", "{train,validation,test}"),
     (["eval"], "--device", "{cpu,cuda,cuda:N}"),
-    (["summary"], "--head", "{linear,mlp,conv,pooled_conv}"),
+    (["summary"], "--head", "{linear,mlp,conv,pooled_conv,conv2x2,mlp_sr}"),
     (["data", "split"], "--mode", "{copy,symlink,hardlink}"),
     (["data", "balance"], "--strategy", "{down,up}"),
     (["export"], "--format", "{onnx,torchscript,safetensors}"),

@@ -18,10 +18,19 @@ from torch.func import functional_call
 from phasenets.errors import UserError
 
 # the auxiliary head kinds `build_aux_head` makes (config.py offers these as --head's choices)
-HEAD_KINDS = ("linear", "mlp", "conv", "pooled_conv")
+HEAD_KINDS = ("linear", "mlp", "conv", "pooled_conv", "conv2x2", "mlp_sr")
 MLP_HEAD_HIDDEN = 256  # hidden width of the `mlp` head
 CONV_HEAD_CHANNELS = 128  # channels of the `conv` head's 3x3 convolution
 POOLED_HEAD_GRID = 8  # `pooled_conv`: feature maps larger than this are average-pooled down to it
+# conv2x2 (Belilovsky, Eickenberg and Oyallon 2019, "Greedy layerwise learning can scale to
+# ImageNet"): their auxiliary problem keeps a coarse 2x2 layout of the maps for the linear layer,
+# which a global pool (1x1) throws away; two conv3x3+BN+ReLU layers is their k=2 head.
+SPATIAL_HEAD_GRID = 2
+SPATIAL_HEAD_CONVS = 2
+# mlp_sr (Belilovsky, Eickenberg and Oyallon 2020, "Decoupled greedy learning of CNNs"): pool to
+# a quarter of the side first, so the head's cost does not grow with the block's resolution, then
+# 1x1 convs (a per-position MLP) with BN, pool to 2x2 and a small MLP.
+MLP_SR_WIDTH = 128
 _PROBE_BATCH = 2  # batch norm in training mode needs more than one value per channel
 
 
@@ -88,6 +97,9 @@ def build_aux_head(kind: str, feature_shape: Sequence[int], num_classes: int) ->
     that grid. Its convolution then costs at most 64 positions' worth of multiply-adds whatever
     the block's resolution: for ResNet-20's 16x32x32 early blocks 1.2 M instead of 18.9 M per image,
     which is more than the block itself computes (such heads dominate early phases' time).
+    ``conv2x2``: two 3x3 conv + BN + ReLU layers, average pool to a 2x2 grid, Linear (layerCNN's
+    head). ``mlp_sr``: average pool to a quarter of the side (at most 8x8), two 1x1 conv + BN + ReLU
+    layers, pool to 2x2, a two-layer MLP (DGL's head). Both fall back to ``mlp`` on flat features.
     """
     if kind not in HEAD_KINDS:
         raise ModelConfigError(f"unknown head kind {kind!r}; valid kinds: {', '.join(HEAD_KINDS)}")
@@ -99,6 +111,10 @@ def build_aux_head(kind: str, feature_shape: Sequence[int], num_classes: int) ->
     flat = len(feature_shape) == 1
     width = feature_shape[0]
     pool = [] if flat else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if kind == "conv2x2" and not flat:
+        return _spatial_conv_head(feature_shape, num_classes)
+    if kind == "mlp_sr" and not flat:
+        return _mlp_sr_head(feature_shape, num_classes)
     if kind in ("conv", "pooled_conv") and not flat:
         shrink = []
         if kind == "pooled_conv" and max(feature_shape[1:]) > POOLED_HEAD_GRID:
@@ -122,6 +138,45 @@ def build_aux_head(kind: str, feature_shape: Sequence[int], num_classes: int) ->
     )
 
 
+def _spatial_conv_head(feature_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    width, height, breadth = feature_shape
+    layers: list[nn.Module] = []
+    for index in range(SPATIAL_HEAD_CONVS):
+        layers += [
+            nn.Conv2d(width if index == 0 else CONV_HEAD_CHANNELS, CONV_HEAD_CHANNELS, 3, padding=1, bias=False),
+            nn.BatchNorm2d(CONV_HEAD_CHANNELS),
+            nn.ReLU(inplace=True),
+        ]
+    grid = (min(height, SPATIAL_HEAD_GRID), min(breadth, SPATIAL_HEAD_GRID))
+    return nn.Sequential(
+        *layers,
+        nn.AdaptiveAvgPool2d(grid),
+        nn.Flatten(),
+        nn.Linear(CONV_HEAD_CHANNELS * grid[0] * grid[1], num_classes),
+    )
+
+
+def _mlp_sr_head(feature_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    width, height, breadth = feature_shape
+    # a quarter of the side, but never finer than 8x8 nor coarser than the 2x2 grid the head ends in
+    reduced = tuple(max(min(size, SPATIAL_HEAD_GRID), min(size // 4, POOLED_HEAD_GRID)) for size in (height, breadth))
+    grid = (min(height, SPATIAL_HEAD_GRID), min(breadth, SPATIAL_HEAD_GRID))
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(reduced),
+        nn.Conv2d(width, MLP_SR_WIDTH, 1, bias=False),
+        nn.BatchNorm2d(MLP_SR_WIDTH),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(MLP_SR_WIDTH, MLP_SR_WIDTH, 1, bias=False),
+        nn.BatchNorm2d(MLP_SR_WIDTH),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(grid),
+        nn.Flatten(),
+        nn.Linear(MLP_SR_WIDTH * grid[0] * grid[1], MLP_HEAD_HIDDEN),
+        nn.ReLU(inplace=True),
+        nn.Linear(MLP_HEAD_HIDDEN, num_classes),
+    )
+
+
 class BlockwiseNet(nn.Module):
     """A network as an `nn.ModuleList` of blocks plus one auxiliary head per block but the last.
 
@@ -130,7 +185,7 @@ class BlockwiseNet(nn.Module):
             input to ``[B, num_classes]`` logits.
         num_classes: number of classes.
         input_shape: ``(C, H, W)`` of one input image.
-        head: auxiliary head kind for phases ``1..n-1``: ``linear``, ``mlp`` or ``conv``.
+        head: auxiliary head kind for phases ``1..n-1``, one of `HEAD_KINDS` (see `build_aux_head`).
         name: registry name of the architecture, or ``"custom"``.
         config: the architecture's config dataclass (``None`` for custom nets); part of what
             identifies a model, e.g. in cache fingerprints.

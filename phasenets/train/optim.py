@@ -62,9 +62,23 @@ def _fastest_kernels(optimizer: str, params: list[torch.Tensor]) -> dict[str, bo
 def lr_factor(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
     """The factor on each group's learning rate after ``iteration`` optimizer steps of a phase.
 
-    ``inverse_time`` is Keras' ``decay`` argument (seed 000's ``--dr``): ``1 / (1 + decay * it)``;
-    like Keras, whose optimizer was rebuilt for every phase, the iteration count restarts each phase.
+    ``inverse_time`` is Keras' ``decay`` argument: ``1 / (1 + decay * it)``; like Keras, whose
+    optimizer was rebuilt for every phase, the iteration count restarts each phase.
+
+    ``warmup_epochs`` multiplies any schedule by a linear ramp over the phase's first steps. Every
+    phase starts a freshly initialized block (and head) on an optimizer with no history: Adam's
+    first steps move each weight by about the full rate whatever its gradient, which for a wide
+    layer from random init can push ReLUs into a region they never leave (Goyal et al. 2017 and
+    Liu et al. 2020, "On the variance of the adaptive learning rate", on why warm-up helps).
     """
+    schedule = _schedule(config, steps_per_epoch, total_steps)
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    if warmup_steps <= 0:
+        return schedule
+    return lambda iteration: schedule(iteration) * min(1.0, (iteration + 1) / warmup_steps)
+
+
+def _schedule(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
     if config.lr_schedule == "inverse_time":
         decay = config.lr_decay
         return lambda iteration: 1.0 / (1.0 + decay * iteration)

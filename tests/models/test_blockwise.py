@@ -46,6 +46,29 @@ def test_pooled_conv_head_pools_only_maps_larger_than_its_grid():
     assert model.head(1)[1](shrink(features)).shape == (2, 128, 8, 8)
 
 
+def test_conv2x2_head_keeps_a_2x2_grid_for_its_linear_layer():
+    model = build_model("lenet5", num_classes=10, head="conv2x2")
+    head = model.head(1)  # block 1 outputs 6x14x14
+    assert sum(isinstance(m, nn.Conv2d) for m in head.modules()) == 2
+    pools = [m for m in head.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    assert [pool.output_size for pool in pools] == [(2, 2)]
+    assert head[-1].in_features == 128 * 4
+    features = model.features(torch.randn(3, 1, 32, 32), 1)
+    assert head(features).shape == (3, 10)
+    assert not any(isinstance(m, nn.Conv2d) for m in model.head(3).modules())  # flat (120,): mlp
+
+
+def test_mlp_sr_head_pools_to_a_quarter_side_then_convolves_1x1():
+    model = build_model("alexnet", num_classes=10, head="mlp_sr", image_size=64, in_channels=1)
+    for k in range(1, model.num_blocks):
+        head = model.head(k)
+        convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)]
+        assert convs and all(conv.kernel_size == (1, 1) for conv in convs)
+        assert head[0].output_size[0] <= 8 and head[-1].out_features == 10
+    features = model.features(torch.randn(2, 1, 64, 64), 1)
+    assert model.head(1)(features).shape == (2, 10)
+
+
 def test_features_upto_zero_is_the_input_and_bad_indices_are_refused():
     model = BlockwiseNet.from_modules(_tiny_modules(), num_classes=4, input_shape=(3, 8, 8))
     x = torch.randn(2, 3, 8, 8)
