@@ -186,7 +186,8 @@ def beyond_ram(args: argparse.Namespace) -> dict:
               "sequential_read_gb_per_s": round(sequential / 1e9, 3), "waited": round(source.wait_fraction, 3),
               "peak_rss_mib": round(peak_rss_mib())}
     levels.close()
-    path.unlink()
+    if not args.keep:
+        path.unlink()
     print(json.dumps(record), flush=True)
     return record
 
@@ -209,6 +210,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--images", type=int, default=12000)
     parser.add_argument("--name")
+    parser.add_argument("--keep", action="store_true", help="beyond-ram: keep the cache file (a rerun reuses it)")
     args = parser.parse_args()
     if args.mode == "fashion-run":
         print(json.dumps(fashion_run(args.data, args.output, args.name, args.epochs)))
