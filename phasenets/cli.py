@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from phasenets.config import HEADS, LOADERS
+from phasenets.config import DEFAULT_HEAD, HEADS, LOADERS
 from phasenets.errors import UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -179,7 +179,8 @@ def _add_demo(commands) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default="data/demo", metavar="DIR",
                         help="where the digits PNG folders are written")
     _add_output(parser, default="runs/demo", help="the runs go to PATH/phasewise and PATH/standard")
-    parser.add_argument("--max-epochs", type=int, default=15, metavar="N", help="epochs per phase")
+    parser.add_argument("--max-epochs", type=int, default=None, metavar="N",
+                        help="epochs per phase [default: train's, 15 per phase and 15 x blocks end to end]")
     parser.add_argument("--patience", type=int, default=4, metavar="N",
                         help="stop a phase after this many epochs without validation improvement")
     parser.add_argument("--num-workers", type=int, default=1, metavar="N", help="data loading worker processes")
@@ -209,7 +210,7 @@ def _add_summary(commands) -> argparse.ArgumentParser:
                         help="side of the square input in pixels [default: the model's]")
     parser.add_argument("--in-channels", type=int, default=None, choices=(1, 3),
                         help="1 (grayscale) or 3 (RGB) [default: the model's]")
-    parser.add_argument("--head", default="linear", choices=HEADS, help="auxiliary head of each intermediate phase")
+    parser.add_argument("--head", default=DEFAULT_HEAD, choices=HEADS, help="auxiliary head of each intermediate phase")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 

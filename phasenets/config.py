@@ -22,7 +22,7 @@ from phasenets.data import LOADER_KINDS
 from phasenets.data.transforms import AUGMENT_PRESETS, NORMALIZATION_MODES
 from phasenets.errors import ConfigError
 from phasenets.models import list_models
-from phasenets.models.blockwise import HEAD_KINDS
+from phasenets.models.blockwise import DEFAULT_HEAD, HEAD_KINDS
 from phasenets.train import distributed, early_stopping, optim, plan, precision, preflight
 from phasenets.train.plan import block_lr_multipliers
 
@@ -31,6 +31,7 @@ __all__ = ["ConfigError", "TrainConfig", "add_config_arguments", "config_from_ar
 
 # Each option's choices live with the code that implements them.
 SCHEDULES = plan.SCHEDULES
+DEFAULT_EPOCHS_PER_PHASE = plan.DEFAULT_EPOCHS_PER_PHASE
 OPTIMIZERS = optim.OPTIMIZERS
 LR_SCHEDULES = optim.LR_SCHEDULES
 DEFAULT_LR = optim.DEFAULT_LR
@@ -117,7 +118,7 @@ class TrainConfig:
         "alexnet", f"architecture: {', '.join(list_models())} (`phasenets summary` shows its blocks)",
         group="model", metavar="NAME",
     )
-    head: str = _option("linear", "auxiliary head of each intermediate phase", choices=HEADS, group="model")
+    head: str = _option(DEFAULT_HEAD, "auxiliary head of each intermediate phase", choices=HEADS, group="model")
 
     # the phase plan
     schedule: str = _option(
@@ -185,7 +186,7 @@ class TrainConfig:
 
     # optimization
     optimizer: str = _option(
-        "adadelta", "optimizer, in any letter case (Adadelta)", choices=OPTIMIZERS, group="optimisation"
+        "adam", "optimizer, in any letter case (Adadelta)", choices=OPTIMIZERS, group="optimisation"
     )
     lr: float | None = _option(
         None, "learning rate [default per optimizer: adadelta 1.0, adam/adamw 1e-3, sgd 0.01]", group="optimisation"
@@ -208,9 +209,12 @@ class TrainConfig:
     lr_gamma: float = _option(0.1, "step schedule: factor of each drop", group="optimisation")
     label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy loss", group="optimisation")
     batch_size: int = _option(32, "images per batch (per process)", group="optimisation")
-    max_epochs: int = _option(100, "maximum epochs of each phase", group="plan")
+    max_epochs: int | None = _option(
+        None, f"maximum epochs of each phase [default: {DEFAULT_EPOCHS_PER_PHASE}; the standard schedule's one "
+        f"phase: {DEFAULT_EPOCHS_PER_PHASE} x the blocks, the epochs a phase-wise run may take]", group="plan"
+    )
     patience: int = _option(
-        10, "stop a phase after this many epochs without validation improvement (0: never)", group="plan"
+        4, "stop a phase after this many epochs without validation improvement (0: never)", group="plan"
     )
     monitor: str = _option(
         "accuracy", "validation metric that picks a phase's best weights", choices=MONITORS, group="plan"
@@ -296,7 +300,7 @@ class TrainConfig:
         _check(self.num_classes is None or self.num_classes >= 2, f"num_classes must be at least 2, got {self.num_classes}")
         _check(self.image_size is None or self.image_size > 0, f"image_size must be positive, got {self.image_size}")
         _check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
-        _check(self.max_epochs > 0, f"max_epochs must be positive, got {self.max_epochs}")
+        _check(self.max_epochs is None or self.max_epochs > 0, f"max_epochs must be positive, got {self.max_epochs}")
         _check(self.start_phase >= 1, f"start_phase must be at least 1, got {self.start_phase}")
         _check(self.num_workers is None or self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be at least 1, got {self.num_threads}")

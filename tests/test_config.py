@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -15,13 +16,21 @@ def parse(*argv: str) -> TrainConfig:
     return config_from_args(parser.parse_args(argv))
 
 
-def test_defaults_follow_seed_000():
+def test_defaults_are_the_studys_and_the_original_trainers_are_one_file_away():
     config = TrainConfig()
-    assert (config.model, config.optimizer, config.batch_size, config.max_epochs, config.seed) == (
-        "alexnet", "adadelta", 32, 100, 1)
+    assert (config.model, config.optimizer, config.batch_size, config.max_epochs, config.patience, config.seed) == (
+        "alexnet", "adam", 32, None, 4, 1)
     assert config.schedule == "phasewise" and not config.use_test
-    assert config.learning_rate == 1.0  # Keras' Adadelta default
+    assert config.learning_rate == 1e-3  # Keras' Adam default
     assert config.lr_schedule == "constant"
+    from phasenets.train.plan import build_plan
+    assert [phase.max_epochs for phase in build_plan(config, 5)] == [15] * 5
+    assert [phase.max_epochs for phase in build_plan(TrainConfig(schedule="standard"), 5)] == [75]
+    assert [phase.max_epochs for phase in build_plan(TrainConfig(schedule="standard", max_epochs=9), 5)] == [9]
+
+    original = parse("--config", str(Path(__file__).parents[1] / "examples" / "keras-original.yaml"))
+    assert (original.optimizer, original.learning_rate, original.head, original.max_epochs, original.patience,
+            original.warmup_epochs) == ("adadelta", 1.0, "linear", 100, 10, 0.0)
 
 
 @pytest.mark.parametrize("optimizer, lr", [("adadelta", 1.0), ("adam", 1e-3), ("adamw", 1e-3), ("sgd", 0.01)])

@@ -27,7 +27,7 @@ def write_checkpoint(path, name="lenet5", **sizes):
             elif key.endswith("running_var"):
                 value.uniform_(0.5, 2.0)
     record = {"name": name, "num_classes": len(CLASSES), "in_channels": model.input_shape[0],
-              "image_size": model.input_shape[-1], "head": "linear", "options": {}}
+              "image_size": model.input_shape[-1], "head": model.head_kind, "options": {}}
     normalization = {"mean": [0.5] * model.input_shape[0], "std": [0.25] * model.input_shape[0]}
     return save_checkpoint(path, {"model_state": model.state_dict(), "model": record, "classes": CLASSES,
                                   "normalization": normalization})

@@ -39,7 +39,7 @@ def test_rgb_filters(tmp_path):
 
 def test_grayscale_filters_from_a_checkpoint(tmp_path):
     model = build_model("lenet5", 3, image_size=16)
-    record = {"name": "lenet5", "num_classes": 3, "in_channels": 1, "image_size": 16, "head": "linear", "options": {}}
+    record = {"name": "lenet5", "num_classes": 3, "in_channels": 1, "image_size": 16, "head": model.head_kind, "options": {}}
     checkpoint = save_checkpoint(tmp_path / "final.pt", {"model_state": model.state_dict(), "model": record,
                                                          "classes": ["a", "b", "c"],
                                                          "normalization": {"mean": [0.5], "std": [0.5]}})

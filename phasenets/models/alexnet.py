@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from phasenets.models.blockwise import BlockwiseNet, ModelConfigError, infer_output_shape
+from phasenets.models.blockwise import DEFAULT_HEAD, BlockwiseNet, ModelConfigError, infer_output_shape
 from phasenets.models.registry import ModelConfig, register_model
 
 
@@ -70,7 +70,7 @@ def _response_norm(enabled: bool) -> list[nn.Module]:
 
 
 @register_model("alexnet", AlexNetConfig)
-def alexnet(config: AlexNetConfig, head: str = "linear") -> BlockwiseNet:
+def alexnet(config: AlexNetConfig, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     lrn = config.local_response_norm
     conv1 = nn.Sequential(
         nn.Conv2d(config.in_channels, 96, kernel_size=11, stride=4),
@@ -103,7 +103,7 @@ class TorchvisionAlexNetConfig(ModelConfig):
 
 
 @register_model("alexnet_tv", TorchvisionAlexNetConfig)
-def alexnet_tv(config: TorchvisionAlexNetConfig, head: str = "linear") -> BlockwiseNet:
+def alexnet_tv(config: TorchvisionAlexNetConfig, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     """torchvision's AlexNet layer for layer, so that its state dicts load into every layer.
 
     Poolings keep torchvision's floor mode and the classifier reads the conv5 map average-pooled
@@ -156,7 +156,7 @@ def _dense_relu_dropout_bn(in_features: int, out_features: int, dropout: float) 
 
 
 @register_model("alexnet_bn", AlexNetBNConfig)
-def alexnet_bn(config: AlexNetBNConfig, head: str = "linear") -> BlockwiseNet:
+def alexnet_bn(config: AlexNetBNConfig, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     """Seed 001's Keras AlexNet with batch normalization, layer for layer.
 
     Every convolution is unpadded ("valid") and followed by ReLU, 2x2 max pooling (conv1, conv2,

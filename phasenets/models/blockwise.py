@@ -19,6 +19,9 @@ from phasenets.errors import UserError
 
 # the auxiliary head kinds `build_aux_head` makes (config.py offers these as --head's choices)
 HEAD_KINDS = ("linear", "mlp", "conv", "pooled_conv", "conv2x2", "mlp_sr")
+# the head phasenets uses unless told otherwise (TrainConfig.head, build_model): the accuracy study's
+# (benchmarks/ACCURACY.md); a linear head over a first block's few maps cannot separate ten classes
+DEFAULT_HEAD = "conv"
 MLP_HEAD_HIDDEN = 256  # hidden width of the `mlp` head
 CONV_HEAD_CHANNELS = 128  # channels of the `conv` head's 3x3 convolution
 POOLED_HEAD_GRID = 8  # `pooled_conv`: feature maps larger than this are average-pooled down to it
@@ -199,7 +202,7 @@ class BlockwiseNet(nn.Module):
         blocks: Iterable[nn.Module],
         num_classes: int,
         input_shape: Sequence[int],
-        head: str = "linear",
+        head: str = DEFAULT_HEAD,
         name: str = "custom",
         config: Any = None,
     ) -> None:
@@ -229,7 +232,7 @@ class BlockwiseNet(nn.Module):
         modules: Iterable[nn.Module],
         num_classes: int,
         input_shape: Sequence[int],
-        head: str = "linear",
+        head: str = DEFAULT_HEAD,
         name: str = "custom",
     ) -> BlockwiseNet:
         """Make a block-wise net from any modules: each module is one block.

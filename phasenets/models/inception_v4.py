@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from phasenets.models.blockwise import BlockwiseNet, ModelConfigError
+from phasenets.models.blockwise import DEFAULT_HEAD, BlockwiseNet, ModelConfigError
 from phasenets.models.registry import ModelConfig, register_model
 
 
@@ -148,7 +148,7 @@ class InceptionV4Config(ModelConfig):
 
 
 @register_model("inception_v4", InceptionV4Config)
-def inception_v4(config: InceptionV4Config, head: str = "linear") -> BlockwiseNet:
+def inception_v4(config: InceptionV4Config, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     blocks = [
         stem(config.in_channels),
         nn.Sequential(*[inception_a() for _ in range(4)], reduction_a()),

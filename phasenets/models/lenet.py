@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from phasenets.models.blockwise import BlockwiseNet, ModelConfigError, infer_output_shape
+from phasenets.models.blockwise import DEFAULT_HEAD, BlockwiseNet, ModelConfigError, infer_output_shape
 from phasenets.models.registry import ModelConfig, register_model
 
 _ACTIVATIONS = {"relu": (nn.ReLU, nn.MaxPool2d), "tanh": (nn.Tanh, nn.AvgPool2d)}
@@ -39,7 +39,7 @@ class LeNet5Config(ModelConfig):
 
 
 @register_model("lenet5", LeNet5Config)
-def lenet5(config: LeNet5Config, head: str = "linear") -> BlockwiseNet:
+def lenet5(config: LeNet5Config, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     Activation, Pool = _ACTIVATIONS[config.activation]
     c1_s2 = nn.Sequential(nn.Conv2d(config.in_channels, 6, 5), Activation(), Pool(2))
     c3_s4 = nn.Sequential(nn.Conv2d(6, 16, 5), Activation(), Pool(2))

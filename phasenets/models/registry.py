@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from phasenets.models.blockwise import BlockShapeError, BlockwiseNet, ModelConfigError
+from phasenets.models.blockwise import DEFAULT_HEAD, BlockShapeError, BlockwiseNet, ModelConfigError
 
 _LARGEST_IMAGE_SIZE_SEARCHED = 4096
 
@@ -88,7 +88,7 @@ def build_model(
     num_classes: int,
     in_channels: int | None = None,
     image_size: int | None = None,
-    head: str = "linear",
+    head: str = DEFAULT_HEAD,
     **options: Any,
 ) -> BlockwiseNet:
     """Build the registered architecture ``name`` as a `BlockwiseNet`.

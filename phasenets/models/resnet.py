@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from phasenets.models.blockwise import BlockwiseNet
+from phasenets.models.blockwise import DEFAULT_HEAD, BlockwiseNet
 from phasenets.models.registry import ModelConfig, register_model
 
 
@@ -124,10 +124,10 @@ def _initialize(model: nn.Module) -> None:
 
 
 @register_model("resnet18", ResNetConfig)
-def resnet18(config: ResNetConfig, head: str = "linear") -> BlockwiseNet:
+def resnet18(config: ResNetConfig, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     return _resnet("resnet18", BasicBlock, (2, 2, 2, 2), config, head)
 
 
 @register_model("resnet50", ResNetConfig)
-def resnet50(config: ResNetConfig, head: str = "linear") -> BlockwiseNet:
+def resnet50(config: ResNetConfig, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     return _resnet("resnet50", Bottleneck, (3, 4, 6, 3), config, head)

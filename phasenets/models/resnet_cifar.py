@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from phasenets.models.blockwise import BlockwiseNet, ModelConfigError
+from phasenets.models.blockwise import DEFAULT_HEAD, BlockwiseNet, ModelConfigError
 from phasenets.models.registry import ModelConfig, register_model
 
 _DEPTH_RULE = {1: (6, "6n+2", (20, 32, 44, 56, 110)), 2: (9, "9n+2", (29, 56, 110, 164))}
@@ -128,7 +128,7 @@ def _v2_stages(units: int) -> tuple[list[nn.Sequential], int]:
 
 
 @register_model("resnet_cifar", ResNetCifarConfig)
-def resnet_cifar(config: ResNetCifarConfig, head: str = "linear") -> BlockwiseNet:
+def resnet_cifar(config: ResNetCifarConfig, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     stem = nn.Sequential(
         nn.Conv2d(config.in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
     )

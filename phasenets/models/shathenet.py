@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from phasenets.models.blockwise import BlockwiseNet, ModelConfigError, infer_output_shape
+from phasenets.models.blockwise import DEFAULT_HEAD, BlockwiseNet, ModelConfigError, infer_output_shape
 from phasenets.models.registry import ModelConfig, register_model
 
 VARIANTS = ("plain", "bn_gap", "residual")
@@ -83,7 +83,7 @@ def _conv_stage(
 
 
 @register_model("shathenet", ShatheNetConfig)
-def shathenet(config: ShatheNetConfig, head: str = "linear") -> BlockwiseNet:
+def shathenet(config: ShatheNetConfig, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     convs, in_channels = [], config.in_channels
     for out_channels, kernel, stride in CONVOLUTIONS:
         convs.append(nn.Sequential(*_conv_stage(in_channels, out_channels, kernel, stride, config.variant)))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from phasenets.models.blockwise import BlockwiseNet, ModelConfigError, infer_output_shape
+from phasenets.models.blockwise import DEFAULT_HEAD, BlockwiseNet, ModelConfigError, infer_output_shape
 from phasenets.models.registry import ModelConfig, register_model
 
 # Output channels of the 3x3 convolutions of each of the five stages.
@@ -71,10 +71,10 @@ def _vgg(name: str, stages: tuple[tuple[int, ...], ...], config: VGGConfig, head
 
 
 @register_model("vgg11", VGGConfig)
-def vgg11(config: VGGConfig, head: str = "linear") -> BlockwiseNet:
+def vgg11(config: VGGConfig, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     return _vgg("vgg11", VGG11_STAGES, config, head)
 
 
 @register_model("vgg16", VGGConfig)
-def vgg16(config: VGGConfig, head: str = "linear") -> BlockwiseNet:
+def vgg16(config: VGGConfig, head: str = DEFAULT_HEAD) -> BlockwiseNet:
     return _vgg("vgg16", VGG16_STAGES, config, head)

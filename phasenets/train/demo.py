@@ -29,15 +29,15 @@ def prepare_demo_data(data_dir: str | Path) -> Path:
     return data_dir
 
 
-def run_demo(data_dir: str | Path = "data/demo", output_dir: str | Path = "runs/demo", *, max_epochs: int = 15,
+def run_demo(data_dir: str | Path = "data/demo", output_dir: str | Path = "runs/demo", *, max_epochs: int | None = None,
              patience: int = 4, schedules: tuple[str, ...] = ("phasewise", "standard"), num_workers: int = 1,
-             loader: str = "torch", head: str = "conv") -> list[DemoRun]:
-    """Train ``lenet5`` on the digits with each schedule; every phase gets the same epoch budget.
+             loader: str = "torch", head: str | None = None) -> list[DemoRun]:
+    """Train ``lenet5`` on the digits with each schedule, with `TrainConfig`'s defaults otherwise.
 
-    Runs go to ``output_dir/<schedule>`` (replacing an earlier demo's run there). One compute
-    thread: LeNet-5 on 32 px images gains nothing from more, and the loader worker needs a core.
-    The auxiliary heads are ``conv``: a linear head over the 6 pooled maps of block 1 cannot
-    tell ten digits apart, which would leave phase 1 at chance.
+    Runs go to ``output_dir/<schedule>`` (replacing an earlier demo's run there). ``max_epochs``
+    None: each schedule's default budget (`phasenets.train.plan.phase_epochs`: end to end gets the
+    epochs of all the phase-wise phases together). ``head`` None: the default auxiliary head. One
+    compute thread: LeNet-5 on 32 px images gains nothing from more, and the loader worker needs a core.
     """
     data_dir = prepare_demo_data(data_dir)
     runs = []
@@ -45,9 +45,9 @@ def run_demo(data_dir: str | Path = "data/demo", output_dir: str | Path = "runs/
         run_dir = Path(output_dir) / schedule
         shutil.rmtree(run_dir, ignore_errors=True)
         config = TrainConfig(
-            data_dir=str(data_dir), dataset_name="digits", model="lenet5", schedule=schedule, optimizer="adam",
+            data_dir=str(data_dir), dataset_name="digits", model="lenet5", schedule=schedule,
             max_epochs=max_epochs, patience=patience, batch_size=64, num_workers=num_workers, loader=loader,
-            output=str(run_dir), seed=0, num_threads=1, head=head,
+            output=str(run_dir), seed=0, num_threads=1, **({"head": head} if head else {}),
         )
         started = time.perf_counter()
         result = PhaseTrainer(config).fit()

@@ -10,11 +10,14 @@ from phasenets.errors import ConfigError
 if TYPE_CHECKING:
     from phasenets.config import TrainConfig
 
-__all__ = ["SCHEDULES", "Phase", "block_lr_multipliers", "build_plan"]
+__all__ = ["DEFAULT_EPOCHS_PER_PHASE", "SCHEDULES", "Phase", "block_lr_multipliers", "build_plan", "phase_epochs"]
 
 # phasewise: one block per phase with an auxiliary head, earlier blocks frozen; standard: all blocks
 # in one phase; progressive (ModNet): phase k trains blocks 1..k, older ones at lower rates
 SCHEDULES = ("phasewise", "standard", "progressive")
+# the epochs a phase may take when --max-epochs is not given; the accuracy study's setting (with
+# patience 4, most phases stop earlier: benchmarks/ACCURACY.md)
+DEFAULT_EPOCHS_PER_PHASE = 15
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def build_plan(config: TrainConfig, num_blocks: int) -> list[Phase]:
         extra = extra or [1.0] * (last - first + 1)
         return tuple(multipliers[block - 1] * factor for block, factor in zip(range(first, last + 1), extra))
 
-    epochs = config.max_epochs
+    epochs = phase_epochs(config, num_blocks)
     if config.schedule == "phasewise":
         plan = [Phase(k, f"phase {k}", k, k, scales(k, k), epochs) for k in range(1, num_blocks + 1)]
     elif config.schedule == "standard":
@@ -78,6 +81,15 @@ def build_plan(config: TrainConfig, num_blocks: int) -> list[Phase]:
     if config.start_phase > len(plan):
         raise ConfigError(f"start_phase={config.start_phase} but the {config.schedule} plan has {len(plan)} phases")
     return plan
+
+
+def phase_epochs(config: TrainConfig, num_blocks: int) -> int:
+    """The most epochs one phase of ``config``'s schedule may take: ``max_epochs`` when given, else
+    `DEFAULT_EPOCHS_PER_PHASE`, and for the standard schedule's single phase that many times the
+    blocks, so that by default end-to-end training may take as many epochs as a phase-wise run."""
+    if config.max_epochs is not None:
+        return config.max_epochs
+    return DEFAULT_EPOCHS_PER_PHASE * (num_blocks if config.schedule == "standard" else 1)
 
 
 def block_lr_multipliers(

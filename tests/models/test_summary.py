@@ -11,7 +11,7 @@ from phasenets.models.summary import count_macs, format_summary, summarize
 
 
 def test_lenet5_summary_matches_hand_counts():
-    model = build_model("lenet5", num_classes=10, in_channels=1, image_size=32)
+    model = build_model("lenet5", num_classes=10, in_channels=1, image_size=32, head="linear")
     summary = summarize(model)
     blocks = summary["blocks"]
     assert [b["params"] for b in blocks] == [156, 2_416, 48_120, 10_164, 850]
@@ -73,7 +73,7 @@ def test_format_summary_is_a_table_with_totals():
     model = build_model("alexnet", num_classes=10, image_size=64)
     text = format_summary(summarize(model))
     lines = text.splitlines()
-    assert lines[0].startswith("alexnet: input 3x64x64, 10 classes, linear auxiliary heads")
+    assert lines[0].startswith("alexnet: input 3x64x64, 10 classes, conv auxiliary heads")
     assert lines[1].split()[:3] == ["block", "input", "output"]
     assert len([line for line in lines if line[:1].isdigit()]) == 5
     total = sum(p.numel() for p in model.blocks.parameters())
