@@ -10,7 +10,8 @@ normalized) to ``logits [N, num_classes]``.
   ``onnx`` and ``onnxscript`` packages). The batch dimension is dynamic (named ``batch``); the
   channels and image size are fixed. This is the route to edge accelerators (TensorRT, OpenVINO,
   ONNX Runtime). The exporter's own progress messages and warnings are kept off the console.
-- ``torchscript``: ``torch.jit.trace`` of the network in eval mode; any batch size works. Recent
+- ``torchscript``: ``torch.jit.trace`` of the network's blocks in eval mode (the auxiliary heads,
+  which inference never runs, are left out); any batch size works. Recent
   torch marks TorchScript deprecated (its own warnings are silenced here, since the format was
   asked for by name); ONNX is the format to prefer for new deployments.
 - ``safetensors``: the state dict; `load_safetensors_model` rebuilds the network from it. By
@@ -188,9 +189,23 @@ def _exporter_output_captured():
             logger.setLevel(level)
 
 
+class _Blocks(nn.Module):
+    """What inference runs: the blocks one after another, under the same parameter names
+    (``blocks.<k>. ...``) as in the checkpoint, without the auxiliary heads."""
+
+    def __init__(self, blocks: nn.ModuleList) -> None:
+        super().__init__()
+        self.blocks = blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
 def _write_torchscript(model: nn.Module, path: Path, metadata: str) -> None:
     with torch.no_grad(), _torchscript_deprecation_silenced():
-        traced = torch.jit.trace(model, _example(model))
+        traced = torch.jit.trace(_Blocks(model.blocks), _example(model))
         torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": metadata})
 
 

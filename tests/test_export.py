@@ -97,6 +97,8 @@ def test_torchscript_round_trip(lenet_checkpoint, tmp_path):
     assert json.loads(extra["phasenets.json"])["model"]["name"] == "lenet5"
     images, expected = _reference(lenet_checkpoint, batch=5)
     torch.testing.assert_close(loaded(images), expected)
+    names = [name for name, _ in loaded.named_parameters()]
+    assert names and all(name.startswith("blocks.") for name in names)  # no auxiliary heads
 
 
 def test_safetensors_round_trip(lenet_checkpoint):
