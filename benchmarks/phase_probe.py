@@ -112,9 +112,9 @@ def main() -> int:
     for name, _ in variants:
         mine = [record for record in records if record["variant"] == name]
         tests = [record["test_accuracy"] for record in mine]
-        print(f"| {name} | {len(mine)} | {statistics.mean(tests):.4f} | {min(tests):.4f} | "
-              f"{', '.join(f'{r['dead_units']}/{r['units']}' for r in mine)} | "
-              f"{', '.join(str(r['epochs']) for r in mine)} |")
+        dead = ", ".join(f"{record['dead_units']}/{record['units']}" for record in mine)
+        epochs = ", ".join(str(record["epochs"]) for record in mine)
+        print(f"| {name} | {len(mine)} | {statistics.mean(tests):.4f} | {min(tests):.4f} | {dead} | {epochs} |")
     return 0
 
 
