@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,6 +61,9 @@ def dead_units(model, block, data_dir: str, normalization, images: int = 512) ->
 
 
 def probe(run_dir: Path, phase: int, seed: int, overrides: dict, output: Path) -> dict:
+    """Train the probe into ``output`` (a probe found finished there is read, not retrained)."""
+    import csv
+
     import torch
 
     from phasenets import PhaseTrainer, TrainConfig
@@ -72,21 +74,20 @@ def probe(run_dir: Path, phase: int, seed: int, overrides: dict, output: Path) -
     settings = {**settings, "start_phase": phase, "ckpt_dir": str(run_dir), "seed": seed, "output": str(output),
                 "resume": None, "tensorboard": False, **overrides}
     config = TrainConfig(**{key: value for key, value in settings.items() if key in TrainConfig.__dataclass_fields__})
-    torch.manual_seed(seed)
-    started = time.perf_counter()
-    result = PhaseTrainer(config).fit()
-    seconds = time.perf_counter() - started
-    model, trained = load_trained_model(result.run_dir)
+    if not (output / "summary.json").exists():
+        torch.manual_seed(seed)
+        PhaseTrainer(config).fit()
+    summary = json.loads((output / "summary.json").read_text())
+    model, trained = load_trained_model(output)
     dead, total = dead_units(model, phase, config.data_dir, trained.normalization)
-    import csv
-
-    with open(Path(result.run_dir) / "metrics.csv") as handle:  # validation accuracy, epoch by epoch
+    with open(output / "metrics.csv") as handle:  # validation accuracy, epoch by epoch
         history = [float(row["accuracy"]) for row in csv.DictReader(handle)
                    if row["split"] == "validation" and int(row["phase"]) == phase]
-    last = result.phases[-1]
-    return {"phase": phase, "seed": seed, "overrides": overrides, "test_accuracy": result.test_accuracy,
-            "validation_accuracy": last.validation_accuracy, "epochs": last.epochs, "best_epoch": last.best_epoch,
-            "dead_units": dead, "units": total, "seconds": round(seconds, 1), "history": history}
+    last = summary["phases"][-1]
+    return {"phase": phase, "seed": seed, "overrides": overrides, "test_accuracy": summary["final"]["accuracy"],
+            "validation_accuracy": last["validation"]["accuracy"], "epochs": last["epochs"],
+            "best_epoch": last["best_epoch"], "dead_units": dead, "units": total,
+            "seconds": round(summary["seconds"], 1), "history": history}
 
 
 def main() -> int:

@@ -53,6 +53,15 @@ def native_has_cuda() -> bool:
     return _native is not None and _native.built_with_cuda()
 
 
+def set_flush_denormal(on: bool) -> bool:
+    """Flush denormal floats to zero on the CPU (``on``) or stop, in the calling thread and, with
+    the native extension, in torch's intra-op threads too (``torch.set_flush_denormal`` reaches
+    only the calling thread). Returns False where the CPU has no such mode."""
+    if _native is not None and hasattr(_native, "set_flush_denormal_all_threads"):
+        return bool(_native.set_flush_denormal_all_threads(on))
+    return torch.set_flush_denormal(on)
+
+
 def native_load_error() -> str | None:
     """Why the extension is unavailable, or None when it loaded."""
     return _load_error

@@ -32,6 +32,7 @@ from phasenets.train.plan import Phase, build_plan
 from phasenets.train.precision import Precision
 from phasenets.train.preflight import apply_report, check_images
 from phasenets.train.recorder import RunIdentity, RunRecorder
+from phasenets._extension import set_flush_denormal
 from phasenets.train.resources import CpuPlan, plan_cpu
 from phasenets.train.results import PhaseResult
 from phasenets.train.rundir import RunDirectory
@@ -100,7 +101,7 @@ class RunSetup:
         finally:
             self.inputs.close()
             torch.set_num_threads(self.threads_before)
-            torch.set_flush_denormal(False)  # torch's default
+            set_flush_denormal(False)  # torch's default
         if succeeded:
             self.dist.close()
 
@@ -142,10 +143,10 @@ def prepare_run(config: TrainConfig, model: nn.Module | None = None) -> RunSetup
     # Values below float32's normal range cost a CPU about ten times more per operation. They arise
     # in training: a unit that stopped firing gets zero gradients, and Adam's first moment then
     # decays by 0.9 a step into that range within a few hundred steps. Measured on 2 cores, a fused
-    # Adam step over a 4096 x 4096 layer took 286 ms with such moments against 32 ms (41 ms flushed),
-    # and AlexNet's phase-5 epochs grew from 21 to 69 s. Flushing them to zero changes no result
-    # that matters (they are below 1.2e-38) and is put back when the run closes.
-    torch.set_flush_denormal(True)
+    # Adam step over a 4096 x 4096 layer took 286 ms with such moments against 32 ms, and AlexNet's
+    # phase-5 epochs grew from 21 to 69 s. Flushing them to zero changes no result that matters
+    # (they are below 1.2e-38); it is set in every compute thread and put back when the run closes.
+    set_flush_denormal(True)
     inputs = PhaseInputs.build(images, model, plan, run_dir, precision, _rank0_info(dist))
     if dist.is_main:
         log.info("data: %s images in %d classes; loader: %s", ", ".join(

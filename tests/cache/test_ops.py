@@ -548,3 +548,22 @@ def test_cuda_prefetcher_delivers_to_device():
     for got, index in zip(received, batches):
         assert got.device.type == "cuda"
         assert torch.equal(got.cpu(), reference.gather_rows(table, index, scale, torch.float16))
+
+
+@needs_native
+def test_flush_denormal_reaches_every_intra_op_thread():
+    """torch.set_flush_denormal sets only the calling thread; the native call sets the pool's too,
+    so an elementwise product computed in chunks across threads gives no denormal anywhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tiny = torch.full((1 << 22,), 1e-30)
+        assert _extension.set_flush_denormal(False) in (True, False)
+        if not _extension.set_flush_denormal(True):
+            pytest.skip("this CPU has no flush-to-zero mode")
+        assert (tiny * 1e-10 == 0).all()  # 1e-40 is a float32 denormal: flushed in every chunk
+        _extension.set_flush_denormal(False)
+        assert (tiny * 1e-10 != 0).all()
+    finally:
+        _extension.set_flush_denormal(False)
+        torch.set_num_threads(threads)
