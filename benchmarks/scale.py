@@ -59,7 +59,7 @@ def fashion_run(data: str, output: str, name: str, epochs: int) -> dict:
         options["cache_dir"] = str(Path(output) / "cache")
     config = TrainConfig(data_dir=data, output=output, model="alexnet", image_size=64, in_channels=1,
                          optimizer="adam", head="conv", max_epochs=epochs, patience=0, seed=0, tensorboard=False,
-                         batch_size=128, val_split=0.1, **options)
+                         batch_size=128, val_split=0.1, warmup_epochs=0.0, **options)
     lines: list[str] = []
 
     import logging

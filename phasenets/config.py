@@ -202,8 +202,8 @@ class TrainConfig:
         choices=LR_SCHEDULES, group="optimisation",
     )
     warmup_epochs: float = _option(
-        0.0, "each phase's learning rate rises linearly from near zero over its first this many epochs "
-        "(fractions allowed)", group="optimisation"
+        1.0, "each phase's learning rate rises linearly from near zero over its first this many epochs "
+        "(fractions allowed; 0: none)", group="optimisation"
     )
     lr_step_size: int = _option(30, "step schedule: epochs between learning-rate drops", group="optimisation")
     lr_gamma: float = _option(0.1, "step schedule: factor of each drop", group="optimisation")

@@ -22,7 +22,7 @@ def test_defaults_are_the_studys_and_the_original_trainers_are_one_file_away():
         "alexnet", "adam", 32, None, 4, 1)
     assert config.schedule == "phasewise" and not config.use_test
     assert config.learning_rate == 1e-3  # Keras' Adam default
-    assert config.lr_schedule == "constant"
+    assert config.lr_schedule == "constant" and config.warmup_epochs == 1.0
     from phasenets.train.plan import build_plan
     assert [phase.max_epochs for phase in build_plan(config, 5)] == [15] * 5
     assert [phase.max_epochs for phase in build_plan(TrainConfig(schedule="standard"), 5)] == [75]

@@ -34,9 +34,10 @@ def test_fast_kernels_step_like_the_default_ones(name, kernel):
 def test_warmup_ramps_each_schedule_linearly_over_its_first_epochs():
     from phasenets.train.optim import lr_factor
 
-    plain = lr_factor(TrainConfig(lr_schedule="cosine"), steps_per_epoch=10, total_steps=100)
+    plain = lr_factor(TrainConfig(lr_schedule="cosine", warmup_epochs=0), steps_per_epoch=10, total_steps=100)
     warm = lr_factor(TrainConfig(lr_schedule="cosine", warmup_epochs=0.5), steps_per_epoch=10, total_steps=100)
     assert [round(warm(i) / plain(i), 6) for i in range(7)] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 1.0]
-    assert lr_factor(TrainConfig(), 10, 100)(0) == 1.0  # no warm-up: the first step takes the full rate
+    assert lr_factor(TrainConfig(warmup_epochs=0), 10, 100)(0) == 1.0  # no warm-up: the first step takes the full rate
+    assert lr_factor(TrainConfig(), 10, 100)(0) == 0.1  # the default: one epoch of warm-up
     with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
         TrainConfig(warmup_epochs=-1)
