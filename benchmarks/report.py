@@ -6,7 +6,8 @@ The benchmarks run once under pytest-benchmark (``--benchmark-json``); the table
 JSON: each benchmark that judges a target leaves ``target_id``, ``ratio``, ``target``, ``met`` and
 ``note`` in its ``extra_info``; T4 (gather) and T5 (loader) ratios are computed here from their
 medians. ``--from-json`` rewrites the report from an earlier run without running anything. The
-accuracy study's section at the end of the file (written by ``benchmarks/accuracy.py``) is kept. Run it
+sections after the table (the scale runs' and the accuracy study's, written by their own scripts and
+``benchmarks/accuracy.py``) are kept. Run it
 on an otherwise idle machine: ratios are measured side by side, but other jobs still skew them.
 """
 from __future__ import annotations
@@ -27,7 +28,6 @@ ROOT = HERE.parent
 RESULTS = HERE / "RESULTS.md"
 sys.path[:0] = [str(ROOT), str(HERE)]  # phasenets from this checkout, and study.py beside this file
 
-from study import RESULTS_SECTION  # noqa: E402
 
 T4_TARGETS = {"fp16": 1.0, "fp16_to_fp32": 1.0, "int8_dequant_fp32": 1.5, "int8_dequant_fp16": 1.5}
 T5_TARGET = 1.3
@@ -143,9 +143,10 @@ def render(rows: list[dict], host: dict[str, str], command: str, exit_code: int)
     return "\n".join(lines) + "\n"
 
 
-def study_section(text: str) -> str:
-    """The accuracy study's section of an earlier RESULTS.md (from its heading to the end), or ""."""
-    start = text.find("\n" + RESULTS_SECTION + "\n")
+def kept_sections(text: str) -> str:
+    """What follows the generated table in an earlier RESULTS.md: every ``## `` section (the scale
+    runs', the accuracy study's), from the first such heading to the end; "" if there is none."""
+    start = text.find("\n## ")
     return text[start:] if start >= 0 else ""
 
 
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks = json.loads(json_path.read_text())["benchmarks"] if json_path.is_file() else []
     rows = judged_rows(benchmarks) + gather_rows_t4(benchmarks) + loader_rows_t5(benchmarks)
     rows.sort(key=lambda row: _natural_order(row["target_id"]))
-    kept = study_section(RESULTS.read_text()) if RESULTS.is_file() else ""
+    kept = kept_sections(RESULTS.read_text()) if RESULTS.is_file() else ""
     RESULTS.write_text(render(rows, machine(), command, exit_code) + kept)
     print(f"wrote {RESULTS} ({len(rows)} targets)")
     return exit_code

@@ -4,7 +4,7 @@
     python benchmarks/scale.py beyond-ram --output OUT [--images 12000]
 
 ``fashion``: AlexNet at 64 px on DATA (``phasenets data import fashion-mnist --output DATA
---image-size 64``: 60,000 training images, of which 10 % are carved out for validation), all five phases, once with the level caches in RAM
+--image-size 64``: the 60,000 training images as 50,000 train and 10,000 validation), all five phases, once with the level caches in RAM
 (host tier), once on disk under a memory budget smaller than every level (``--cache-budget-gb
 0.2``: the disk tier), and once without a cache (each phase recomputes its frozen prefix). Each run
 is a process of its own; each reports its per-phase epoch times, its cache builds and its peak
@@ -59,7 +59,7 @@ def fashion_run(data: str, output: str, name: str, epochs: int) -> dict:
         options["cache_dir"] = str(Path(output) / "cache")
     config = TrainConfig(data_dir=data, output=output, model="alexnet", image_size=64, in_channels=1,
                          optimizer="adam", head="conv", max_epochs=epochs, patience=0, seed=0, tensorboard=False,
-                         batch_size=128, val_split=0.1, warmup_epochs=0.0, **options)
+                         batch_size=128, warmup_epochs=0.0, **options)
     lines: list[str] = []
 
     import logging

@@ -258,11 +258,12 @@ def test_the_table_is_copied_into_another_file_under_its_heading_and_replaced_th
     assert (tmp_path / "ACCURACY.md").read_text().count(REPORT_BEGIN) == 1
 
 
-def test_the_benchmark_report_keeps_the_study_section_when_it_rewrites_the_file(tmp_path, monkeypatch):
+def test_the_benchmark_report_keeps_the_sections_after_its_table_when_it_rewrites_the_file(tmp_path, monkeypatch):
     loading = importlib.util.spec_from_file_location("report_script", SCRIPT.with_name("report.py"))
     report = importlib.util.module_from_spec(loading)
     loading.loader.exec_module(report)
-    section = "\n" + RESULTS_SECTION + "\n\n" + REPORT_BEGIN + "\nthe table\n" + REPORT_END + "\n"
+    section = ("\n## Scale runs\n\nfull-size numbers\n"
+               "\n" + RESULTS_SECTION + "\n\n" + REPORT_BEGIN + "\nthe table\n" + REPORT_END + "\n")
     monkeypatch.setattr(report, "RESULTS", tmp_path / "RESULTS.md")
     report.RESULTS.write_text("# Benchmark results\n\nold rows\n" + section)
     empty = tmp_path / "latest.json"
@@ -271,7 +272,7 @@ def test_the_benchmark_report_keeps_the_study_section_when_it_rewrites_the_file(
     text = report.RESULTS.read_text()
     assert "old rows" not in text and "no benchmark reported a target" in text
     assert text.endswith(section) and text.count(RESULTS_SECTION) == 1
-    assert report.study_section("# Benchmark results\n") == ""
+    assert report.kept_sections("# Benchmark results\n") == ""
 
 
 def test_a_record_from_before_a_setting_existed_still_counts_as_done():
