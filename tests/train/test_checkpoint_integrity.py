@@ -40,7 +40,7 @@ def finished_run(tiny_data, tmp_path_factory):
 def lenet_checkpoint(path):
     """A registered network's checkpoint (the CLI can rebuild it), as a run writes one."""
     model = build_model("lenet5", len(CLASSES), in_channels=1, image_size=32)
-    return Checkpoint(model_state=model.state_dict(), model=model_record(model, "linear"), classes=sorted(CLASSES),
+    return Checkpoint(model_state=model.state_dict(), model=model_record(model, model.head_kind), classes=sorted(CLASSES),
                       normalization={"mean": [0.5], "std": [0.25]}).save(path)
 
 

@@ -30,7 +30,7 @@ COLLECTIVE_TIMEOUT_S = 20  # the jobs' dist_timeout: a failure must end the job 
 
 
 def tiny_ddp_net(dropout: float = 0.0):
-    """Three blocks without batch norm, so that one step over a batch split in two halves computes
+    """Three blocks and linear heads without batch norm, so that one step over a batch split in two halves computes
     the same update as one step over the whole batch (DDP averages gradients; batch norm would
     normalize each half by its own statistics). ``dropout`` > 0 draws masks (other ones than one
     process would), for the resume test."""
@@ -41,7 +41,7 @@ def tiny_ddp_net(dropout: float = 0.0):
         nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
         nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(8 * 4 * 4, 3)),
     ]
-    return BlockwiseNet.from_modules(blocks, 3, (1, 16, 16))
+    return BlockwiseNet.from_modules(blocks, 3, (1, 16, 16), head="linear")
 
 
 def job_config(data_dir: Path, output: Path, **options) -> dict:
