@@ -120,6 +120,7 @@ def beyond_ram(args: argparse.Namespace) -> dict:
     from torch import nn
 
     from phasenets.cache import FeatureLevels, LevelSettings, Placement, SplitFeed
+    from phasenets.cache.tiers import available_ram_bytes
     from phasenets.data.torch_loader import ShardedBatchSampler
     from phasenets.models import BlockwiseNet
 
@@ -153,7 +154,7 @@ def beyond_ram(args: argparse.Namespace) -> dict:
                      preprocessing={"synthetic": images}, augmented=False)
     levels = FeatureLevels(model, {"train": feed}, LevelSettings(1, "fp16", Placement("disk", cache_dir=cache_dir)),
                            torch.device("cpu"), info=lambda *a: None)
-    free_ram = int(next(line for line in open("/proc/meminfo") if line.startswith("MemAvailable")).split()[1]) * 1024
+    free_ram = available_ram_bytes()
     started = time.perf_counter()
     source = levels.features("train", 1)
     build_seconds = time.perf_counter() - started

@@ -141,6 +141,11 @@ def build_aux_head(kind: str, feature_shape: Sequence[int], num_classes: int) ->
     )
 
 
+def _spatial_grid(height: int, breadth: int) -> tuple[int, int]:
+    """The grid the conv2x2 and mlp_sr heads keep for their last layers: 2x2, or the map if smaller."""
+    return min(height, SPATIAL_HEAD_GRID), min(breadth, SPATIAL_HEAD_GRID)
+
+
 def _spatial_conv_head(feature_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     width, height, breadth = feature_shape
     layers: list[nn.Module] = []
@@ -150,7 +155,7 @@ def _spatial_conv_head(feature_shape: tuple[int, ...], num_classes: int) -> nn.S
             nn.BatchNorm2d(CONV_HEAD_CHANNELS),
             nn.ReLU(inplace=True),
         ]
-    grid = (min(height, SPATIAL_HEAD_GRID), min(breadth, SPATIAL_HEAD_GRID))
+    grid = _spatial_grid(height, breadth)
     return nn.Sequential(
         *layers,
         nn.AdaptiveAvgPool2d(grid),
@@ -162,8 +167,8 @@ def _spatial_conv_head(feature_shape: tuple[int, ...], num_classes: int) -> nn.S
 def _mlp_sr_head(feature_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     width, height, breadth = feature_shape
     # a quarter of the side, but never finer than 8x8 nor coarser than the 2x2 grid the head ends in
-    reduced = tuple(max(min(size, SPATIAL_HEAD_GRID), min(size // 4, POOLED_HEAD_GRID)) for size in (height, breadth))
-    grid = (min(height, SPATIAL_HEAD_GRID), min(breadth, SPATIAL_HEAD_GRID))
+    grid = _spatial_grid(height, breadth)
+    reduced = tuple(max(cells, min(size // 4, POOLED_HEAD_GRID)) for cells, size in zip(grid, (height, breadth)))
     return nn.Sequential(
         nn.AdaptiveAvgPool2d(reduced),
         nn.Conv2d(width, MLP_SR_WIDTH, 1, bias=False),

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from phasenets.config import TrainConfig
+from phasenets.config import DEFAULT_HEAD, TrainConfig
 from phasenets.train.trainer import PhaseTrainer, TrainResult
 
 __all__ = ["DemoRun", "format_demo", "prepare_demo_data", "run_demo"]
@@ -31,13 +31,12 @@ def prepare_demo_data(data_dir: str | Path) -> Path:
 
 def run_demo(data_dir: str | Path = "data/demo", output_dir: str | Path = "runs/demo", *, max_epochs: int | None = None,
              patience: int = 4, schedules: tuple[str, ...] = ("phasewise", "standard"), num_workers: int = 1,
-             loader: str = "torch", head: str | None = None) -> list[DemoRun]:
+             loader: str = "torch", head: str = DEFAULT_HEAD) -> list[DemoRun]:
     """Train ``lenet5`` on the digits with each schedule, with `TrainConfig`'s defaults otherwise.
 
     Runs go to ``output_dir/<schedule>`` (replacing an earlier demo's run there). ``max_epochs``
     None: each schedule's default budget (`phasenets.train.plan.phase_epochs`: end to end gets the
-    epochs of all the phase-wise phases together). ``head`` None: the default auxiliary head. One
-    compute thread: LeNet-5 on 32 px images gains nothing from more, and the loader worker needs a core.
+    epochs of all the phase-wise phases together). One compute thread: LeNet-5 on 32 px images gains nothing from more, and the loader worker needs a core.
     """
     data_dir = prepare_demo_data(data_dir)
     runs = []
@@ -47,7 +46,7 @@ def run_demo(data_dir: str | Path = "data/demo", output_dir: str | Path = "runs/
         config = TrainConfig(
             data_dir=str(data_dir), dataset_name="digits", model="lenet5", schedule=schedule,
             max_epochs=max_epochs, patience=patience, batch_size=64, num_workers=num_workers, loader=loader,
-            output=str(run_dir), seed=0, num_threads=1, **({"head": head} if head else {}),
+            output=str(run_dir), seed=0, num_threads=1, head=head,
         )
         started = time.perf_counter()
         result = PhaseTrainer(config).fit()

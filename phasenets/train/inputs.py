@@ -23,7 +23,7 @@ from phasenets.data import AugmentConfig, DatasetSplits, Normalization, build_lo
 from phasenets.data.torch_loader import ShardedBatchSampler
 from phasenets.errors import ConfigError
 from phasenets.train.distributed import DistributedContext
-from phasenets.train.plan import DEFAULT_EPOCHS_PER_PHASE, Phase
+from phasenets.train.plan import Phase
 from phasenets.train.precision import Precision
 from phasenets.train.sources import FrozenPrefixSource
 
@@ -158,7 +158,9 @@ class PhaseInputs:
                 device=dist.device if dist.device.type == "cuda" else None,
                 local_processes=dist.local_world_size, gpu=dist.device.type == "cuda",
             )
-            settings = LevelSettings(views=config.cache_views or default_cache_views(augmenting, config.max_epochs or DEFAULT_EPOCHS_PER_PHASE),
+            # the most epochs a phase reading the cache takes: a view per epoch at most
+            cached_epochs = max(phase.max_epochs for phase in plan if phase.frozen_prefix > 0)
+            settings = LevelSettings(views=config.cache_views or default_cache_views(augmenting, cached_epochs),
                                      dtype=config.cache_dtype, placement=placement,
                                      shared=config.cache_dir is not None)
             levels = FeatureLevels(model, feeds, settings, dist.device, autocast=precision.autocast, seed=config.seed,

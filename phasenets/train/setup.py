@@ -23,6 +23,7 @@ from torch import nn
 
 from phasenets.data import DatasetSplits, Normalization, compute_normalization
 from phasenets._atomic import remove_stale_temporaries
+from phasenets._extension import set_flush_denormal
 from phasenets.errors import CheckpointError, ConfigError
 from phasenets.train.checkpoint import Checkpoint, ModelRecord
 from phasenets.train.curriculum import plan_around_frozen, task_record, task_splits
@@ -32,7 +33,6 @@ from phasenets.train.plan import Phase, build_plan
 from phasenets.train.precision import Precision
 from phasenets.train.preflight import apply_report, check_images
 from phasenets.train.recorder import RunIdentity, RunRecorder
-from phasenets._extension import set_flush_denormal
 from phasenets.train.resources import CpuPlan, plan_cpu
 from phasenets.train.results import PhaseResult
 from phasenets.train.rundir import RunDirectory

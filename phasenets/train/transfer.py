@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from phasenets.errors import ConfigError
 from phasenets.models.blockwise import BlockwiseNet
 from phasenets.models.pretrained import LoadReport, load_pretrained, read_weights
-from phasenets.errors import ConfigError
 from phasenets.train.checkpoint import CheckpointDamaged, CheckpointError, load_checkpoint
 from phasenets.train.rundir import resolve_checkpoint
 
