@@ -27,10 +27,10 @@ sys.path.insert(0, str(HERE.parent))  # phasenets from this checkout
 def parse_variant(text: str) -> tuple[str, dict]:
     """``name:field=value,...`` -> (name, {field: value}); values typed as the config file's are
     (YAML), and TrainConfig checks and converts them as it does any option."""
-    from phasenets.config import _parse_assignments
+    from phasenets.config import parse_assignments
 
     name, _, assignments = text.partition(":")
-    return name, _parse_assignments(assignments) if assignments else {}
+    return name, parse_assignments(assignments) if assignments else {}
 
 
 def dead_units(model, block, data_dir: str, normalization, images: int = 512) -> tuple[int, int]:

@@ -21,6 +21,16 @@ learning rate). The epoch budget is the same for all: phase-wise trains each of 
 for up to ``epochs_per_phase`` epochs, standard gets ``B * epochs_per_phase`` epochs in its one
 phase, and the same early-stopping patience ends any phase that stops improving on validation.
 
+``standard-equal-time`` is the budget-fair comparison: end to end, given as a time budget
+(``TrainConfig.time_budget``) the wall-clock its ``phasewise`` twin (same model, size, seed and
+settings) took, with no epoch cap and no early stopping, so that it uses all of that time, and
+keeping its best-validation epoch as every run does. The budget covers the training only, so the
+run's own fixed costs (set-up, the final test pass) are taken off the twin's seconds as its
+``standard`` twin measured them (its seconds outside its one phase): the whole run then takes
+about as long as the phase-wise one. It runs after every other run of the study, and needs the
+phase-wise twin's record (run ``phasewise`` in the same study, or earlier into the same results
+file); without a ``standard`` twin the budget is the phase-wise seconds whole.
+
 ``run_study`` is the API; ``benchmarks/accuracy.py`` calls it
 through ``add_study_arguments`` and ``run_from_args``.
 """
@@ -53,7 +63,8 @@ from phasenets.config import AUGMENT_PRESETS, HEADS, LOADERS
 
 __all__ = [
     "MODEL_INPUTS", "SCHEDULES", "QUICK", "RunSpec", "StudySettings", "StudyOutcome", "StudyRow",
-    "add_study_arguments", "format_finetune_table", "format_table", "load_results", "plot_results",
+    "add_study_arguments", "format_equal_time_table", "format_finetune_table", "format_table", "load_results",
+    "pareto_front", "plot_results", "plot_time",
     "run_from_args", "run_study", "summarize_results", "write_report",
 ]
 
@@ -74,7 +85,10 @@ MODEL_INPUTS = {
     "resnet_cifar": ModelInput(32, {"depth": 20}),
     "shathenet": ModelInput(32),
 }
-SCHEDULES = ("phasewise", "standard", "phasewise+finetune")
+SCHEDULES = ("phasewise", "standard", "phasewise+finetune", "standard-equal-time")
+EQUAL_TIME = "standard-equal-time"
+# an equal-time run's epoch cap: far above what any budget allows, so that only the budget ends it
+EQUAL_TIME_MAX_EPOCHS = 10_000
 SIZES = (50, 200, 1000)
 DATASET = "fashion-mnist"
 RESULTS_FILE = "results.jsonl"
@@ -109,6 +123,8 @@ class StudySettings:
     cache_views: int | None = None  # None: the trainer's default (1 without augmentation)
     precise_bn: bool = False  # re-estimate batch-norm statistics at each phase's end (TrainConfig.precise_bn)
     warmup_epochs: float = 0.0  # linear learning-rate warm-up at the start of every phase (TrainConfig.warmup_epochs)
+    similarity_weight: float = 0.0  # PredSim's similarity term in the local loss (TrainConfig.similarity_weight)
+    model_options: str = ""  # NAME=VALUE,... on top of MODEL_INPUTS' options (TrainConfig.model_options)
     # one input side for every model, the 28 px images upscaled to it (AlexNet's 227 px, as in the
     # paper, on a GPU); None: each model's own size in MODEL_INPUTS
     image_size: int | None = None
@@ -210,10 +226,13 @@ def run_study(output_dir: str | os.PathLike, *, models: Iterable[str] = tuple(MO
     also_into = tuple(Path(path) for path in also_into)
     study = _Study(output_dir, settings, results_path, report_path, command, verbose, total=len(todo),
                    also_into=also_into)
-    if jobs == 1:
-        study.run_in_turn(todo)
-    else:
-        study.run_in_parallel(todo, jobs)
+    # the equal-time runs last: each takes its budget from its phase-wise twin's record
+    for batch in ([spec for spec in todo if spec.schedule != EQUAL_TIME],
+                  [spec for spec in todo if spec.schedule == EQUAL_TIME]):
+        if jobs == 1:
+            study.run_in_turn(batch)
+        else:
+            study.run_in_parallel(batch, jobs)
     records = load_results(results_path)
     plot_path = write_report(records, report_path, also_into=also_into)
     return StudyOutcome(records, len(todo) - len(study.failed), report_path, plot_path, study.failed)
@@ -248,8 +267,9 @@ class _Study:
         for spec in todo:
             data_dir = self._data_dir(spec)
             try:
+                budget = self._time_budget(spec)
                 with _trainer_logging(self.verbose):
-                    record = train_run(spec, data_dir, self._run_dir(spec), self.settings)
+                    record = train_run(spec, data_dir, self._run_dir(spec), self.settings, budget)
             except Exception:  # the other runs go on
                 self._fail(spec, traceback.format_exc())
             else:
@@ -262,8 +282,16 @@ class _Study:
         try:
             while pending or running:
                 while pending and len(running) < jobs:
-                    child = self._start(context, pending.pop(0))
+                    spec = pending.pop(0)
+                    try:
+                        budget = self._time_budget(spec)
+                    except LookupError:
+                        self._fail(spec, traceback.format_exc())
+                        continue
+                    child = self._start(context, spec, budget)
                     running[child.results] = child
+                if not running:
+                    break
                 for results in multiprocessing.connection.wait(list(running)):
                     self._collect(running.pop(results))
         finally:  # interrupted (Ctrl-C), or a data subset failed to import: no run outlives the study
@@ -272,10 +300,29 @@ class _Study:
             for child in running.values():
                 child.process.join()
 
-    def _start(self, context, spec: RunSpec) -> _Child:
+    def _time_budget(self, spec: RunSpec) -> float | None:
+        """An equal-time run's training budget (None for other runs): the seconds its phase-wise
+        twin took, less the fixed costs of an end-to-end run outside its phase (see the module's doc)."""
+        if spec.schedule != EQUAL_TIME:
+            return None
+        records = load_results(self.results)
+        phasewise = self._twin(records, spec, "phasewise")
+        if phasewise is None:
+            raise LookupError(f"{spec.name} takes its time budget from "
+                              f"{RunSpec(spec.model, spec.per_class, 'phasewise', spec.seed).name}, which is not in "
+                              f"{self.results}: add phasewise to --schedules")
+        standard = self._twin(records, spec, "standard")
+        fixed = 0.0 if standard is None else standard["seconds"] - sum(p["seconds"] for p in standard["phases"])
+        return max(phasewise["seconds"] - fixed, 1.0)
+
+    def _twin(self, records: list[dict[str, Any]], spec: RunSpec, schedule: str) -> dict[str, Any] | None:
+        key = _key(RunSpec(spec.model, spec.per_class, schedule, spec.seed), asdict(self.settings))
+        return next((record for record in reversed(records) if _record_key(record) == key), None)
+
+    def _start(self, context, spec: RunSpec, budget: float | None) -> _Child:
         data_dir = self._data_dir(spec)  # imported here, before its first run starts: runs never race for it
         receiver, sender = context.Pipe(duplex=False)
-        arguments = (spec, data_dir, self._run_dir(spec), self.settings, self.verbose, sender)
+        arguments = (spec, data_dir, self._run_dir(spec), self.settings, budget, self.verbose, sender)
         process = context.Process(target=_train_in_child, args=arguments, name=f"study {spec.name}")
         process.start()
         sender.close()  # the child holds the only sending end: its exit, however it comes, ends our wait
@@ -315,14 +362,14 @@ class _Study:
         return self.output_dir / "runs" / spec.name
 
 
-def _train_in_child(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySettings, verbose: bool,
-                    results: multiprocessing.connection.Connection) -> None:
+def _train_in_child(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySettings, budget: float | None,
+                    verbose: bool, results: multiprocessing.connection.Connection) -> None:
     """One run of ``jobs`` > 1, in its own process: its record, or its error, goes back through ``results``."""
     _exit_with_parent()
     logging.basicConfig(level=logging.INFO, format=f"{spec.name}: %(message)s", stream=sys.stdout)
     try:
         with _trainer_logging(verbose):
-            outcome = ("record", train_run(spec, data_dir, run_dir, settings))
+            outcome = ("record", train_run(spec, data_dir, run_dir, settings, budget))
     except Exception:  # the study reports it and goes on with the other runs
         outcome = ("error", traceback.format_exc())
     results.send(outcome)
@@ -368,37 +415,52 @@ def build_study_model(spec: RunSpec, settings: StudySettings):
     """The spec's network for Fashion-MNIST: 10 classes, one channel, the study's input size."""
     from phasenets.models import build_model
 
+    from phasenets.config import parse_assignments
+
+    options = {**MODEL_INPUTS[spec.model].options,
+               **(parse_assignments(settings.model_options) if settings.model_options else {})}
     return build_model(spec.model, 10, in_channels=1, image_size=input_size(spec.model, settings),
-                       head=settings.head, **MODEL_INPUTS[spec.model].options)
+                       head=settings.head, **options)
 
 
-def train_config(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySettings, num_blocks: int):
-    """The ``TrainConfig`` of one run: the shared settings, the spec's schedule and seed."""
+def train_config(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySettings, num_blocks: int,
+                 time_budget: float | None = None):
+    """The ``TrainConfig`` of one run: the shared settings, the spec's schedule and seed; an
+    equal-time run trains until ``time_budget`` runs out."""
     from phasenets.config import TrainConfig
 
-    phasewise = spec.schedule != "standard"
+    phasewise = spec.schedule.startswith("phasewise")
+    if spec.schedule == EQUAL_TIME:
+        if time_budget is None:
+            raise ValueError(f"{spec.name} needs a time budget: its phase-wise twin's seconds")
+        max_epochs, patience = EQUAL_TIME_MAX_EPOCHS, 0
+    else:
+        max_epochs = settings.epochs_per_phase if phasewise else settings.epochs_per_phase * num_blocks
+        patience = settings.patience
     return TrainConfig(
         data_dir=str(data_dir), dataset_name=data_dir.name, model=spec.model,
         image_size=input_size(spec.model, settings), in_channels=1,
         schedule="phasewise" if phasewise else "standard", head=settings.head, optimizer=settings.optimizer,
         lr=settings.lr, batch_size=settings.batch_size, augment=settings.augment,
-        max_epochs=settings.epochs_per_phase if phasewise else settings.epochs_per_phase * num_blocks,
-        patience=settings.patience,
+        max_epochs=max_epochs, patience=patience, time_budget=time_budget,
         finetune_epochs=settings.epochs_per_phase if spec.schedule == "phasewise+finetune" else 0,
         finetune_lr_scale=settings.finetune_lr_scale, loader=settings.loader, num_workers=settings.num_workers,
         num_threads=settings.num_threads, cache_views=settings.cache_views, precise_bn=settings.precise_bn,
-        warmup_epochs=settings.warmup_epochs, seed=spec.seed, output=str(run_dir), tensorboard=False,
+        warmup_epochs=settings.warmup_epochs, similarity_weight=settings.similarity_weight, seed=spec.seed,
+        output=str(run_dir), tensorboard=False,
     )
 
 
-def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySettings) -> dict[str, Any]:
-    """Train one configuration from scratch and return its record (a leftover partial run is replaced)."""
+def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySettings,
+              time_budget: float | None = None) -> dict[str, Any]:
+    """Train one configuration from scratch and return its record (a leftover partial run is
+    replaced); ``time_budget``: an equal-time run's seconds."""
     from phasenets.train import PhaseTrainer
 
     shutil.rmtree(run_dir, ignore_errors=True)
     torch.manual_seed(spec.seed)  # the trainer seeds itself only after the network exists
     model = build_study_model(spec, settings)
-    config = train_config(spec, data_dir, run_dir, settings, model.num_blocks)
+    config = train_config(spec, data_dir, run_dir, settings, model.num_blocks, time_budget)
     started = time.perf_counter()
     result = PhaseTrainer(config, model=model).fit()
     seconds = time.perf_counter() - started
@@ -412,7 +474,7 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySetti
         # the feature cache setting as the trainer resolved it (absent from configs that predate it)
         "cache": resolved.get("cache", "none"),
         "machine": machine_description(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_dir": str(result.run_dir),
+        "run_dir": str(result.run_dir), **({"time_budget": time_budget} if time_budget is not None else {}),
     }
 
 
@@ -548,15 +610,20 @@ def _variant_labels(records: list[dict[str, Any]]) -> list[str]:
     varying = _varying_settings(records)
     labels = []
     for record in records:
-        settings = record["settings"]
-        differing = [name for name in varying if name not in defaults or settings.get(name) != defaults[name]]
-        labels.append(", ".join(f"{name}={settings.get(name)}" for name in differing))
+        differing = [name for name in varying if name not in defaults or _setting(record, name) != defaults[name]]
+        labels.append(", ".join(f"{name}={_setting(record, name)}" for name in differing))
     return labels
+
+
+def _setting(record: dict[str, Any], name: str) -> Any:
+    """A record's value of a setting; one added to the study after the record was made is missing
+    from it, and the run had its default (as ``_key`` assumes)."""
+    return record["settings"].get(name, asdict(StudySettings()).get(name))
 
 
 def _varying_settings(records: list[dict[str, Any]]) -> list[str]:
     names = sorted({name for record in records for name in record["settings"]})
-    return [name for name in names if len({json.dumps(r["settings"].get(name)) for r in records}) > 1]
+    return [name for name in names if len({json.dumps(_setting(r, name)) for r in records}) > 1]
 
 
 def _position(name: str, known: Iterable[str]) -> int:
@@ -661,12 +728,9 @@ def _points(value: float) -> str:
 VARIANT_LINE_STYLES = ("--", ":", "-.")
 
 
-def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
-    """Test accuracy against training images per class: one panel per model, one line per schedule.
-
-    Variants (other settings) run at one size only are left to the table, unless a model has
-    nothing else: dots beside the lines would hide them.
-    """
+def _model_panels(rows: list[StudyRow], panel_height: float):
+    """A figure with one panel per model of ``rows``, two across; the panels left over are removed.
+    Returns the figure and its (axis, model) pairs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -675,9 +739,33 @@ def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
     models = list(dict.fromkeys(row.model for row in rows))
     columns = min(2, max(1, len(models)))
     grid_rows = math.ceil(len(models) / columns)
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(6.5 * columns, 4 * grid_rows), squeeze=False)
-    styles = {"phasewise": ("tab:blue", "o"), "standard": ("tab:gray", "s"), "phasewise+finetune": ("tab:orange", "^")}
-    for axis, model in zip(axes.flat, models):
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(6.5 * columns, panel_height * grid_rows), squeeze=False)
+    for axis in list(axes.flat)[len(models):]:
+        axis.remove()
+    return figure, list(zip(axes.flat, models))
+
+
+def _save_figure(figure, title: str, path: str | os.PathLike) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.suptitle(title, fontsize="medium")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+SCHEDULE_STYLES = {"phasewise": ("tab:blue", "o"), "standard": ("tab:gray", "s"),
+                   "phasewise+finetune": ("tab:orange", "^"), EQUAL_TIME: ("tab:green", "D")}
+
+
+def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
+    """Test accuracy against training images per class: one panel per model, one line per schedule.
+
+    Variants (other settings) run at one size only are left to the table, unless a model has
+    nothing else: dots beside the lines would hide them.
+    """
+    figure, panels = _model_panels(rows, panel_height=4.0)
+    for axis, model in panels:
         points_of: dict[tuple[str, str], list[StudyRow]] = {}
         for row in rows:
             if row.model == model:
@@ -686,7 +774,7 @@ def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
         variants = [variant for variant in dict.fromkeys(variant for _, variant in lines) if variant]
         for schedule, variant in lines:
             points = sorted(points_of[schedule, variant], key=lambda row: row.per_class)
-            color, marker = styles.get(schedule, (None, "x"))
+            color, marker = SCHEDULE_STYLES.get(schedule, (None, "x"))
             # a variant keeps its schedule's colour, with a line style of its own and hollow markers
             dash = VARIANT_LINE_STYLES[variants.index(variant) % len(VARIANT_LINE_STYLES)] if variant else "-"
             axis.errorbar([p.per_class for p in points], [100 * p.accuracy_mean for p in points],
@@ -702,15 +790,73 @@ def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
         axis.set_ylabel("test accuracy (%)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize="x-small")
-    for axis in list(axes.flat)[len(models):]:
-        axis.remove()
-    figure.suptitle("Fashion-MNIST subsets: phase-wise vs end-to-end\n(test accuracy, mean ± std over seeds)",
-                    fontsize="medium")
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, "Fashion-MNIST subsets: phase-wise vs end-to-end\n(test accuracy, mean ± std over "
+                        "seeds)", path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both time (lower) and accuracy (higher), fastest first."""
+    front, best = [], -math.inf
+    for seconds, accuracy in sorted(points, key=lambda point: (point[0], -point[1])):
+        if accuracy > best:
+            front.append((seconds, accuracy))
+            best = accuracy
+    return front
+
+
+def plot_time(rows: list[StudyRow], path: str | os.PathLike) -> Path:
+    """Test accuracy against wall-clock seconds, one panel per model: every configuration of the
+    table is a point (its schedule's colour and marker, labelled with its size and any variant),
+    and each size's Pareto front (nothing else both faster and more accurate) is a dashed line."""
+    figure, panels = _model_panels(rows, panel_height=4.5)
+    for axis, model in panels:
+        mine = [row for row in rows if row.model == model]
+        labelled = set()
+        for row in mine:
+            color, marker = SCHEDULE_STYLES.get(row.schedule, (None, "x"))
+            label = row.schedule if row.schedule not in labelled else None
+            labelled.add(row.schedule)
+            axis.errorbar(row.seconds_mean, 100 * row.accuracy_mean, xerr=row.seconds_std, yerr=100 * row.accuracy_std,
+                          color=color, marker=marker, capsize=2, linestyle="none", label=label,
+                          markerfacecolor="none" if row.variant else color)
+            axis.annotate(" ".join(filter(None, (f"{row.per_class}", row.variant))), (row.seconds_mean,
+                          100 * row.accuracy_mean), textcoords="offset points", xytext=(4, 3), fontsize="xx-small")
+        for size in sorted({row.per_class for row in mine}):
+            front = pareto_front([(row.seconds_mean, 100 * row.accuracy_mean) for row in mine if row.per_class == size])
+            axis.plot(*zip(*front), color="black", alpha=0.35, linestyle="--", linewidth=1)
+        axis.set_xscale("log")
+        axis.set_title(f"{model} (dashed: each size's Pareto front)", fontsize="small")
+        axis.set_xlabel("wall-clock seconds per run")
+        axis.set_ylabel("test accuracy (%)")
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize="x-small")
+    return _save_figure(figure, "Accuracy against time (labels: training images per class)", path)
+
+
+def format_equal_time_table(rows: list[StudyRow]) -> str:
+    """Phase-wise against end to end given the same wall-clock (``standard-equal-time``), per
+    model, size and variant that has both; empty when there are no equal-time runs."""
+    lines = []
+    for row in rows:
+        if row.schedule != EQUAL_TIME:
+            continue
+        twin = next((other for other in rows if other.schedule == "phasewise" and
+                     (other.model, other.per_class, other.variant) == (row.model, row.per_class, row.variant)), None)
+        if twin is None:
+            continue
+        cells = [row.model, f"{row.per_class:,}", *([row.variant or "-"] if any(r.variant for r in rows) else []),
+                 str(min(row.runs, twin.runs)), _mean_std(100 * twin.accuracy_mean, 100 * twin.accuracy_std, twin.runs),
+                 _mean_std(100 * row.accuracy_mean, 100 * row.accuracy_std, row.runs),
+                 f"{100 * (twin.accuracy_mean - row.accuracy_mean):+.1f} pt", f"{twin.seconds_mean:.0f}",
+                 f"{row.seconds_mean:.0f}", f"{row.epochs_mean:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    variant = any(r.variant for r in rows)
+    header = ("| model | train images / class | " + ("settings | " if variant else "") + "seeds | phase-wise (%) "
+              "| end to end, same time (%) | phase-wise gain | phase-wise s | end to end s | its epochs |")
+    align = "|---|---:|" + ("---|" if variant else "") + "---:|---:|---:|---:|---:|---:|---:|"
+    return "\n".join([header, align, *lines])
 
 
 def write_report(records: list[dict[str, Any]], report_path: str | os.PathLike,
@@ -724,14 +870,22 @@ def write_report(records: list[dict[str, Any]], report_path: str | os.PathLike,
     report_path = Path(report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     plot_path = report_path.with_name(report_path.stem.lower() + ".png")
+    time_plot_path = report_path.with_name(report_path.stem.lower() + "-time.png")
     rows = summarize_results(records)
     if rows:
         plot_results(rows, plot_path)
+        plot_time(rows, time_plot_path)
     parts = [REPORT_BEGIN, _provenance(records, plot_path), "", format_table(rows)]
     finetune = format_finetune_table(records)
     if finetune:
         parts += ["", "The fine-tuning phase on its own (`phasewise+finetune` runs; see `format_finetune_table`):",
                   "", finetune]
+    equal_time = format_equal_time_table(rows)
+    if equal_time:
+        parts += ["", "Budget-fair: end to end given the wall-clock its phase-wise twin took (`standard-equal-time`: "
+                  "no epoch cap, no early stopping, its best-validation epoch kept):", "", equal_time]
+    if rows:
+        parts += ["", f"![test accuracy against wall-clock seconds]({time_plot_path.name})"]
     block = "\n".join([*parts, REPORT_END])
     _put_block(report_path, block, "# Accuracy study: phase-wise vs end-to-end training\n\n")
     heading = (f"\n{RESULTS_SECTION}\n\nThe generated table of [{report_path.name}]({report_path.name}), "
@@ -826,6 +980,10 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr, help="default: the optimizer's")
     parser.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs,
                         help="linear learning-rate warm-up over the first epochs of every phase")
+    parser.add_argument("--similarity-weight", type=float, default=defaults.similarity_weight,
+                        help="PredSim's similarity-matching term in the local loss of the headed phases")
+    parser.add_argument("--model-options", default=defaults.model_options,
+                        help="NAME=VALUE,... options of the architectures, e.g. downsample=invertible for lenet5")
     parser.add_argument("--only-seeds", default=None, help="comma separated seeds to run instead of 0..--seeds-1")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--head", default=defaults.head, choices=HEADS, help="auxiliary heads")
@@ -863,7 +1021,7 @@ def run_from_args(args: argparse.Namespace, program: str = "python benchmarks/ac
         batch_size=args.batch_size, head=args.head, augment=args.augment, test_per_class=test_per_class,
         loader=args.loader, num_workers=args.num_workers, num_threads=args.num_threads,
         cache_views=args.cache_views, precise_bn=args.precise_bn, image_size=args.image_size,
-        warmup_epochs=args.warmup_epochs,
+        warmup_epochs=args.warmup_epochs, similarity_weight=args.similarity_weight, model_options=args.model_options,
     )
     seed_list = _int_list(args.only_seeds, "--only-seeds") if args.only_seeds else range(seeds)
     output = args.output or ("runs/accuracy-quick" if args.quick else "runs/accuracy")

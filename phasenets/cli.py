@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from phasenets.config import DEFAULT_HEAD, HEADS, LOADERS
-from phasenets.errors import UserError
+from phasenets.errors import ConfigError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -211,18 +211,35 @@ def _add_summary(commands) -> argparse.ArgumentParser:
     parser.add_argument("--in-channels", type=int, default=None, choices=(1, 3),
                         help="1 (grayscale) or 3 (RGB) [default: the model's]")
     parser.add_argument("--head", default=DEFAULT_HEAD, choices=HEADS, help="auxiliary head of each intermediate phase")
+    parser.add_argument("--model-options", default=[], action="append", metavar="NAME=VALUE",
+                        help="an option of the architecture (repeatable; they are listed below the table), as for "
+                             "`train`")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
+
 
 
 def _run_summary(args: argparse.Namespace) -> int:
     from phasenets.models import build_model
     from phasenets.models.summary import format_summary, summarize
 
+    from phasenets.config import parse_assignments
+    from phasenets.models import model_options
+
+    try:
+        chosen = parse_assignments(args.model_options)
+    except ValueError as error:
+        raise ConfigError(f"--model-options: {error}") from None
     model = build_model(args.model, args.num_classes, in_channels=args.in_channels, image_size=args.image_size,
-                        head=args.head)
+                        head=args.head, **chosen)
     summary = summarize(model)
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        options = {name: getattr(model.config, name) for name in model_options(args.model)
+                   if name not in ("in_channels", "image_size")}
+        print(format_summary(summary))
+        print("options (--model-options): " + (", ".join(f"{k}={v}" for k, v in options.items()) or "none"))
     return EXIT_OK
 
 

@@ -26,7 +26,7 @@ from phasenets.models.blockwise import DEFAULT_HEAD, HEAD_KINDS
 from phasenets.train import distributed, early_stopping, optim, plan, precision, preflight
 from phasenets.train.plan import block_lr_multipliers
 
-__all__ = ["ConfigError", "TrainConfig", "add_config_arguments", "config_from_args", "parse_bool"]
+__all__ = ["ConfigError", "TrainConfig", "add_config_arguments", "config_from_args", "parse_assignments", "parse_bool"]
 
 
 # Each option's choices live with the code that implements them.
@@ -119,6 +119,10 @@ class TrainConfig:
         group="model", metavar="NAME",
     )
     head: str = _option(DEFAULT_HEAD, "auxiliary head of each intermediate phase", choices=HEADS, group="model")
+    model_options: dict = _option(
+        {}, "options of the architecture, NAME=VALUE (repeatable), e.g. depth=32 for resnet_cifar or "
+        "downsample=invertible for lenet5 (`phasenets summary MODEL` lists them)", group="model"
+    )
 
     # the phase plan
     schedule: str = _option(
@@ -208,6 +212,11 @@ class TrainConfig:
     lr_step_size: int = _option(30, "step schedule: epochs between learning-rate drops", group="optimisation")
     lr_gamma: float = _option(0.1, "step schedule: factor of each drop", group="optimisation")
     label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy loss", group="optimisation")
+    similarity_weight: float = _option(
+        0.0, "PredSim's similarity matching in each auxiliary-headed phase: loss = (1-w) x cross-entropy + w x "
+        "the squared difference of the batch's cosine-similarity matrices of block outputs and of labels "
+        "(Nøkland and Eidnes 2019 used 0.99; 0: cross-entropy only)", group="optimisation"
+    )
     batch_size: int = _option(32, "images per batch (per process)", group="optimisation")
     max_epochs: int | None = _option(
         None, f"maximum epochs of each phase [default: {DEFAULT_EPOCHS_PER_PHASE}; the standard schedule's one "
@@ -215,6 +224,11 @@ class TrainConfig:
     )
     patience: int = _option(
         4, "stop a phase after this many epochs without validation improvement (0: never)", group="plan"
+    )
+    time_budget: float | None = _option(
+        None, "wall-clock seconds the training may take, shared by the phases: each may use the time left "
+        "divided by the phases left, and ends before an epoch that would overrun its share (keeping its "
+        "best weights, as early stopping does) [default: no limit]", group="plan", metavar="SECONDS"
     )
     monitor: str = _option(
         "accuracy", "validation metric that picks a phase's best weights", choices=MONITORS, group="plan"
@@ -307,11 +321,14 @@ class TrainConfig:
         _check(self.nproc >= 1, f"nproc must be at least 1, got {self.nproc}")
         _check(self.dist_timeout > 0, f"dist_timeout must be positive seconds, got {self.dist_timeout}")
         _check(self.cache_views is None or self.cache_views >= 1, f"cache_views must be at least 1, got {self.cache_views}")
+        _check(self.time_budget is None or self.time_budget > 0,
+               f"time_budget must be positive seconds, got {self.time_budget}")
         _check(self.cache_budget_gb is None or self.cache_budget_gb > 0,
                f"cache_budget_gb must be positive, got {self.cache_budget_gb}")
         for name in ("patience", "finetune_epochs", "weight_decay", "lr_decay", "label_smoothing", "warmup_epochs"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.label_smoothing < 1, f"label_smoothing must be below 1, got {self.label_smoothing}")
+        _check(0 <= self.similarity_weight < 1, f"similarity_weight must be in [0, 1), got {self.similarity_weight}")
         _check(self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}")
         _check(self.lr_step_size > 0, f"lr_step_size must be positive, got {self.lr_step_size}")
         for name in ("finetune_lr_scale", "progressive_lr_decay", "lr_gamma"):
@@ -480,7 +497,7 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             items = value.split(",") if isinstance(value, str) else list(value)
             return [float(item) for item in items if str(item).strip() != ""]
         if base is dict:
-            return _parse_assignments(value)
+            return parse_assignments(value)
     except ConfigError as error:
         raise ConfigError(f"{name}: {error}") from None
     except (TypeError, ValueError) as error:
@@ -488,7 +505,7 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     raise TypeError(f"unsupported option type {kind} for {name}")  # a new field needs a rule above
 
 
-def _parse_assignments(value: Any) -> dict[str, Any]:
+def parse_assignments(value: Any) -> dict[str, Any]:
     """``{"a": 1}``, ``"a=1,b=true"`` or ``["a=1", "b=true"]`` -> a dict of YAML-typed values."""
     if isinstance(value, dict):
         return dict(value)

@@ -80,6 +80,12 @@ def test_summary_and_its_errors(capsys):
     assert "lenet5" in capsys.readouterr().err  # the valid names are listed
     assert main(["summary", "--model", "alexnet", "--num-classes", "10", "--image-size", "8"]) == 2
     assert "image_size" in capsys.readouterr().err
+    assert main(["summary", "--model", "lenet5", "--num-classes", "10", "--model-options", "downsample=invertible"]) == 0
+    out = capsys.readouterr().out
+    assert "1x32x32   24x14x14" in out  # C1's 6 maps, space-to-depth: 4x the maps at half the side
+    assert "options (--model-options): activation=relu, downsample=invertible" in out
+    assert main(["summary", "--model", "lenet5", "--num-classes", "10", "--model-options", "downsample"]) == 2
+    assert "expected NAME=VALUE" in capsys.readouterr().err
 
 
 def test_demo_on_a_tiny_budget(tmp_path, capsys):

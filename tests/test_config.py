@@ -57,10 +57,12 @@ def test_seed_000_command_line():
 def test_dashed_names_and_bare_booleans():
     config = parse("--data-dir", "d", "--use-test", "--deterministic", "--nesterov", "false", "--max-epochs", "4",
                    "--block-lr-multipliers", "1,0.5,0.25", "--augment-options", "rotation=10",
-                   "--augment-options", "hflip=true")
+                   "--augment-options", "hflip=true", "--model-options", "depth=32",
+                   "--model-options", "version=2")
     assert config.use_test and config.deterministic and not config.nesterov
     assert config.block_lr_multipliers == [1.0, 0.5, 0.25]
     assert config.augment_options == {"rotation": 10, "hflip": True}
+    assert config.model_options == {"depth": 32, "version": 2}
     assert config.start_phase == 1  # seed 000's default 0 and the first phase are the same
 
 

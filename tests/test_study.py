@@ -15,8 +15,8 @@ sys.path.insert(0, str(SCRIPT.parent))  # the study harness lives in benchmarks/
 
 from study import (  # noqa: E402
     REPORT_BEGIN, REPORT_END, RESULTS_FILE, RESULTS_SECTION, RunSpec, StudySettings, _append_result, _key, _record_key,
-    add_study_arguments, build_study_model, command_line, format_finetune_table, format_table, load_results, plan_runs,
-    summarize_results, train_config, write_report,
+    add_study_arguments, build_study_model, command_line, format_equal_time_table, format_finetune_table, format_table,
+    load_results, pareto_front, plan_runs, summarize_results, train_config, write_report,
 )
 
 
@@ -98,7 +98,7 @@ def test_runs_with_other_settings_get_their_own_rows():
     records[2]["settings"] = {"epochs_per_phase": 3, "head": "mlp"}
     rows = summarize_results(records)
     assert [(row.schedule, row.variant) for row in rows] == [
-        ("phasewise", "head=None"), ("standard", "head=None"), ("phasewise", "head=mlp")]
+        ("phasewise", ""), ("standard", ""), ("phasewise", "head=mlp")]  # no head recorded: the default one
     table = format_table(rows)
     assert "| lenet5 | 50 | phasewise | head=mlp | 1 | 75.0 % | +25.0 pt |" in table
 
@@ -323,3 +323,78 @@ def test_the_finetune_table_reads_the_phase_inside_each_run_and_against_same_mac
     assert table in (tmp_path / "ACCURACY.md").read_text()
     write_report(records[:2], tmp_path / "WITHOUT.md")
     assert "The fine-tuning phase on its own" not in (tmp_path / "WITHOUT.md").read_text()
+
+
+def test_an_equal_time_run_trains_end_to_end_for_the_seconds_its_phasewise_twin_took(tmp_path, fashion_mnist,
+                                                                                      capsys):
+    output = tmp_path / "study"
+    equal_time = [*TINY, "--schedules", "standard-equal-time,phasewise"]  # listed first, run last
+    assert study(*equal_time, output=output) == 0
+    assert "2 new runs, 2 in all" in capsys.readouterr().out
+    records = load_results(output / RESULTS_FILE)
+    assert [record["schedule"] for record in records] == ["phasewise", "standard-equal-time"]
+    twin, fair = records
+    assert fair["time_budget"] == max(twin["seconds"], 1.0)  # no standard twin: nothing to take off
+    (phase,) = fair["phases"]  # end to end: one phase, ended by the budget alone
+    assert phase["epochs"] < 10_000 and 1 <= phase["best_epoch"] <= phase["epochs"]
+    report = (output / "ACCURACY.md").read_text()
+    assert "Budget-fair" in report and "| lenet5 | 2 | 1 |" in report
+    assert (output / "accuracy-time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_equal_time_run_without_its_phasewise_twin_fails_and_says_why(tmp_path, fashion_mnist, capsys, caplog):
+    output = tmp_path / "study"
+    assert study(*TINY, "--schedules", "standard-equal-time", output=output) == 1
+    assert "1 failed: lenet5-2pc-standard-equal-time-seed0" in capsys.readouterr().out
+    assert "takes its time budget from lenet5-2pc-phasewise-seed0" in caplog.text
+
+
+def test_an_equal_time_config_has_the_budget_and_neither_an_epoch_cap_nor_early_stopping():
+    spec = RunSpec("lenet5", 50, "standard-equal-time", 0)
+    config = train_config(spec, Path("data"), Path("run"), StudySettings(), num_blocks=5, time_budget=12.5)
+    assert (config.schedule, config.time_budget, config.patience) == ("standard", 12.5, 0)
+    assert config.max_epochs >= 1000
+    with pytest.raises(ValueError, match="needs a time budget"):
+        train_config(spec, Path("data"), Path("run"), StudySettings(), num_blocks=5)
+
+
+def test_the_pareto_front_keeps_what_nothing_else_beats_on_both_time_and_accuracy():
+    points = [(10.0, 70.0), (5.0, 60.0), (20.0, 65.0), (10.0, 72.0), (40.0, 80.0), (3.0, 50.0)]
+    assert pareto_front(points) == [(3.0, 50.0), (5.0, 60.0), (10.0, 72.0), (40.0, 80.0)]
+    assert pareto_front([]) == []
+
+
+def test_the_equal_time_table_sets_phasewise_against_end_to_end_in_the_same_time():
+    records = [_record(schedule="phasewise", accuracy=0.80, seconds=30.0),
+               _record(schedule="standard-equal-time", accuracy=0.75, seconds=31.0),
+               _record(schedule="standard", accuracy=0.70, seconds=12.0)]
+    table = format_equal_time_table(summarize_results(records))
+    assert "| lenet5 | 50 | 1 | 80.0 | 75.0 | +5.0 pt | 30 | 31 | 3 |" in table
+    assert format_equal_time_table(summarize_results(records[1:])) == ""  # no phase-wise twin: no row
+
+
+def test_an_equal_time_budget_leaves_out_the_fixed_costs_its_standard_twin_measured(tmp_path):
+    from study import _Study
+
+    results = tmp_path / "results.jsonl"
+    settings = StudySettings()
+    phasewise = {**_record(schedule="phasewise", seconds=100.0), "settings": asdict(settings)}
+    standard = {**_record(schedule="standard", seconds=60.0), "settings": asdict(settings),
+                "phases": [{"name": "standard", "epochs": 12, "seconds": 45.0}]}  # 15 s outside its phase
+    _append_result(results, phasewise)
+    study_ = _Study(tmp_path, settings, results, tmp_path / "ACCURACY.md", "", False, total=1)
+    spec = RunSpec("lenet5", 50, "standard-equal-time", 0)
+    assert study_._time_budget(spec) == 100.0  # no standard twin yet: the phase-wise seconds whole
+    _append_result(results, standard)
+    assert study_._time_budget(spec) == 85.0
+    assert study_._time_budget(RunSpec("lenet5", 50, "standard", 0)) is None
+    with pytest.raises(LookupError, match="add phasewise to --schedules"):
+        study_._time_budget(RunSpec("lenet5", 50, "standard-equal-time", 1))
+
+
+def test_a_setting_added_after_a_record_was_made_reads_as_its_default_in_the_table():
+    old = _record(schedule="phasewise")  # made before the study had `similarity_weight`
+    new = {**_record(schedule="phasewise", seed=1), "settings": {**old["settings"], "similarity_weight": 0.0}}
+    varied = {**_record(schedule="phasewise", seed=2), "settings": {**old["settings"], "similarity_weight": 0.9}}
+    rows = summarize_results([old, new, varied])
+    assert [(row.variant, row.runs) for row in rows] == [("", 2), ("similarity_weight=0.9", 1)]

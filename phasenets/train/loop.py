@@ -5,6 +5,10 @@ A phase (``train_phase``) freezes all but its blocks, builds a fresh optimizer a
 them and their head, then trains and validates epoch by epoch with early stopping, checkpointing
 after every epoch; at the end it puts back its best-validation weights, which later phases build
 on. Its inputs come from ``setup.inputs`` (a level cache or the recomputed frozen prefix).
+
+A time budget (``TrainConfig.time_budget``) is shared by the phases still to train: each phase's
+share is the time left divided by the phases left (one that stops early leaves its time to the
+next), and a phase ends before an epoch that the last one's duration says would overrun its share.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from tqdm import tqdm
 from phasenets.train.batch_norm import reestimate_batch_norm
 from phasenets.train.checkpoint import restore_rng_state
 from phasenets.train.early_stopping import EarlyStopping
+from phasenets.train.losses import LocalLoss, OutputTap
 from phasenets.train.metrics import MetricTracker, SplitMetrics, per_class_accuracy
 from phasenets.train.optim import build_lr_scheduler, build_optimizer
 from phasenets.train.plan import Phase
@@ -47,6 +52,23 @@ class PhaseStage(nn.Module):
         return self.head(inputs)
 
 
+@dataclass(frozen=True)
+class TimeBudget:
+    """The run's wall-clock budget (``None``: none) and the time it had spent before this process."""
+
+    seconds: float | None
+    spent_before: float = 0.0  # a resumed run's earlier phases and the epochs of its phase in progress
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def phase_deadline(self, phases_left: int) -> float | None:
+        """When the phase starting now must end: now plus its even share of the time left."""
+        if self.seconds is None:
+            return None
+        now = time.perf_counter()
+        left = self.seconds - self.spent_before - (now - self.started)
+        return now + max(left, 0.0) / phases_left
+
+
 @dataclass
 class PhaseState:
     """Everything one phase's epoch loop works with; ``epoch`` counts the epochs done."""
@@ -59,13 +81,16 @@ class PhaseState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    criterion: nn.Module
+    criterion: LocalLoss
     stopper: EarlyStopping
     global_epoch: int  # epochs over all phases: TensorBoard's x axis
     started: float  # perf_counter at the phase's start, moved back by a resumed run's earlier time
     epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None  # the stage's tensors (nothing else changes in a phase)
     best_validation: SplitMetrics | None = None  # the best epoch's (None after a resume: evaluated again)
+    deadline: float | None = None  # perf_counter time the phase's share of the time budget ends
+    out_of_time: bool = False  # another epoch would overrun the deadline (rank 0's word on every rank)
+    tap: OutputTap | None = None  # the trained block's output, for the similarity term of the loss
 
     def progress(self, results: list[PhaseResult], completed: bool = False) -> dict[str, Any]:
         """The checkpoint fields that ``--resume`` continues the phase from. A completed phase is
@@ -95,19 +120,26 @@ def run_phases(setup: RunSetup, started: float | None = None) -> TrainResult:
     if start.resumed and start.checkpoint is not None and not start.mid_phase:
         restore_rng_state(start.checkpoint.rng)  # as the completed phase left them
     results = list(start.done)
-    for phase in setup.plan:
+    spent = sum(result.seconds for result in results)
+    if start.mid_phase:
+        spent += start.checkpoint.seconds
+    budget = TimeBudget(setup.config.time_budget, spent)
+    for position, phase in enumerate(setup.plan):
         if phase.index < start.phase:
             continue
         resumed = start if start.mid_phase and phase.index == start.phase else None
-        results.append(train_phase(setup, phase, results, resumed))
+        deadline = budget.phase_deadline(phases_left=len(setup.plan) - position)
+        results.append(train_phase(setup, phase, results, resumed, deadline))
     return finish(setup, results, started)
 
 
 def train_phase(setup: RunSetup, phase: Phase, done: list[PhaseResult],
-                resumed: StartPoint | None = None) -> PhaseResult:
-    """Train one phase to its end and leave the network on the phase's best weights."""
+                resumed: StartPoint | None = None, deadline: float | None = None) -> PhaseResult:
+    """Train one phase to its end and leave the network on the phase's best weights. ``deadline``:
+    the perf_counter time by which its epochs must be done (its share of the time budget)."""
     setup.dist.barrier()  # every rank is done with the previous phase
     state = start_phase(setup, phase, done)
+    state.deadline = deadline
     setup.recorder.save_shared(phase, setup.model.state_dict(), state.stage_names)
     setup.info("%s/%d: training blocks %d-%d (%d trainable parameters), %d frozen", phase.name, setup.plan[-1].index,
                phase.first_block, phase.last_block,
@@ -116,7 +148,7 @@ def train_phase(setup: RunSetup, phase: Phase, done: list[PhaseResult],
         resume_phase(setup, state, resumed)
     elif continues_previous_phase(setup.plan, phase):
         score_the_start(setup, state, done)
-    while state.epoch < phase.max_epochs and not state.stopper.should_stop:
+    while state.epoch < phase.max_epochs and not state.stopper.should_stop and not state.out_of_time:
         run_epoch(setup, state, done)
     return end_phase(setup, state, done)
 
@@ -134,12 +166,16 @@ def start_phase(setup: RunSetup, phase: Phase, done: list[PhaseResult]) -> Phase
     )
     train_source = setup.inputs.source("train", phase)
     stage_tensors = {tensor.data_ptr() for tensor in stage.state_dict().values()}
+    # the similarity term shapes a hidden output: not the network's own logits
+    similarity = config.similarity_weight if phase.last_block < model.num_blocks else 0.0
     return PhaseState(
         phase=phase, stage=stage,
         stage_names=frozenset(name for name, tensor in model.state_dict().items() if tensor.data_ptr() in stage_tensors),
         trainable=setup.dist.wrap(stage, compile=config.compile), train_source=train_source, optimizer=optimizer,
         scheduler=build_lr_scheduler(config, optimizer, len(train_source), phase.max_epochs),
-        scaler=setup.precision.grad_scaler(), criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        scaler=setup.precision.grad_scaler(),
+        criterion=LocalLoss(model.num_classes, similarity, label_smoothing=config.label_smoothing),
+        tap=OutputTap(stage.blocks[-1]) if similarity > 0 else None,
         stopper=EarlyStopping(config.monitor, config.patience), global_epoch=sum(r.epochs for r in done),
         started=time.perf_counter(),
     )
@@ -198,8 +234,13 @@ def run_epoch(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> No
     setup.info("%s epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs", phase.name, state.epoch,
                phase.max_epochs, train_metrics.loss, train_metrics.accuracy, val_metrics.loss, val_metrics.accuracy,
                " *" if improved else "", time.perf_counter() - epoch_started)
+    if state.deadline is not None:  # rank 0's clock decides for all: the ranks must stop together
+        state.out_of_time = setup.dist.broadcast_object(another_epoch_overruns(state.deadline, epoch_started))
+    if state.out_of_time and state.epoch < phase.max_epochs and not state.stopper.should_stop:
+        setup.info("%s: stopping after epoch %d: another would overrun the phase's share of the time budget",
+                   phase.name, state.epoch)
     # The phase's last epoch leaves "last" to the phase's closing checkpoint, written right after it.
-    ending = state.epoch >= phase.max_epochs or state.stopper.should_stop
+    ending = state.epoch >= phase.max_epochs or state.stopper.should_stop or state.out_of_time
     if improved:  # the copy kept as the best weights is also what the checkpoint writes
         state.best_state, state.best_validation = state.stage_state(setup.model), val_metrics
         # best first, then last: a resume never sees a last newer than its best
@@ -207,6 +248,15 @@ def run_epoch(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> No
                                   stage_state_copied=True, **state.progress(done))
     elif not ending:
         setup.recorder.save_phase(phase, ("last",), state.stage_state(setup.model, copy=False), **state.progress(done))
+
+
+def another_epoch_overruns(deadline: float | None, epoch_started: float) -> bool:
+    """Whether an epoch as long as the one that started at ``epoch_started`` and is ending now
+    would, started now, end past ``deadline`` (None: no deadline)."""
+    if deadline is None:
+        return False
+    now = time.perf_counter()
+    return now + (now - epoch_started) > deadline
 
 
 def train_epoch(setup: RunSetup, state: PhaseState) -> SplitMetrics:
@@ -224,7 +274,7 @@ def train_epoch(setup: RunSetup, state: PhaseState) -> SplitMetrics:
             torch.manual_seed(_epoch_seed(setup.config.seed, setup.dist.rank, state.phase.index, state.epoch))
         with setup.precision.autocast():
             logits = state.trainable(setup.precision.layout(inputs)).float()
-        loss = state.criterion(logits, labels)
+        loss = state.criterion(logits, labels, None if state.tap is None else state.tap.take())
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
         state.scaler.step(state.optimizer)
@@ -256,6 +306,8 @@ def end_phase(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> Ph
     """Restore the best weights (they are what later phases build on), re-estimate their batch-norm
     statistics (``precise_bn``), test, checkpoint, plot."""
     phase, recorder = state.phase, setup.recorder
+    if state.tap is not None:
+        state.tap.close()
     setup.model.load_state_dict(state.best_state, strict=False)  # the stage's tensors, or all of them
     recorder.trained(state.stage_names)
     val_metrics = state.best_validation  # evaluation is deterministic: the same weights score the same

@@ -294,7 +294,7 @@ def build_network(config: TrainConfig, data: DatasetSplits, start: StartPoint, m
         from phasenets.models import build_model
 
         model = build_model(config.model, num_classes, in_channels=config.in_channels, image_size=config.image_size,
-                            head=config.head)
+                            head=config.head, **config.model_options)
     elif model.num_classes != num_classes or config.in_channels not in (None, model.input_shape[0]):
         raise ConfigError(f"the model takes {model.input_shape[0]} channels and predicts {model.num_classes} "
                           f"classes; the config says {config.in_channels} channels and the data has {num_classes}")

@@ -47,6 +47,19 @@ def test_lenet5_parameters_per_layer():
     assert per_block == [156, 2_416, 48_120, 10_164, 850]  # C1, C3, C5, F6, output
 
 
+def test_lenet5_invertible_downsampling_keeps_every_value_and_widens_the_next_layers():
+    model = build_model("lenet5", num_classes=10, in_channels=1, image_size=28, downsample="invertible")
+    assert model.block_output_shapes[:2] == [(24, 12, 12), (64, 4, 4)]  # 4x the maps at the pooled side
+    per_block = [sum(p.numel() for p in block.parameters()) for block in model.blocks]
+    assert per_block == [156, 9_616, 123_000, 10_164, 850]
+    images = torch.randn(2, 1, 28, 28)
+    conv_output = model.blocks[0][1](model.blocks[0][0](images))  # C1 and its ReLU, before subsampling
+    unshuffled = model.blocks[0](images)
+    assert torch.equal(torch.nn.functional.pixel_shuffle(unshuffled, 2), conv_output)  # nothing is lost
+    with pytest.raises(ModelConfigError, match="downsample must be one of pool, invertible"):
+        build_model("lenet5", 10, downsample="stride")
+
+
 def test_alexnet_block_split_and_shapes_at_227():
     with torch.device("meta"):
         model = build_model("alexnet", 1000, 3, 227)
@@ -58,6 +71,7 @@ FORWARD_CASES = [
     ("lenet5", {}, 1, 32),
     ("lenet5", {}, 1, 28),
     ("lenet5", {"activation": "tanh"}, 3, 36),
+    ("lenet5", {"downsample": "invertible"}, 3, 32),
     ("alexnet", {}, 3, 64),
     ("alexnet", {"local_response_norm": False}, 1, 80),
     ("alexnet_tv", {}, 3, 63),  # its minimum size

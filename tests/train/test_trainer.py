@@ -204,3 +204,17 @@ def test_fine_tuning_keeps_the_network_it_started_from_unless_an_epoch_beats_it(
     _assert_equal_states(result.model.state_dict(), before)
     rows = list(csv.DictReader(open(result.run_dir / "metrics.csv")))
     assert [row["epoch"] for row in rows if row["phase"] == "4" and row["split"] == "validation"] == ["0", "1", "2"]
+
+
+def test_model_options_reach_the_registry_and_the_run_config(tiny_data, tmp_path):
+    from phasenets.train import prepare_run
+
+    config = tiny_config(tiny_data, tmp_path / "run", model="lenet5", image_size=28,
+                         model_options={"downsample": "invertible"})
+    setup = prepare_run(config)
+    try:
+        assert setup.model.block_output_shapes[:2] == [(24, 12, 12), (64, 4, 4)]
+        assert setup.model.config.downsample == "invertible"
+    finally:
+        setup.close()
+    assert "downsample: invertible" in (tmp_path / "run" / "config.yaml").read_text()
