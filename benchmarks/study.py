@@ -808,6 +808,8 @@ def plot_time(rows: list[StudyRow], path: str | os.PathLike) -> Path:
     """Test accuracy against wall-clock seconds, one panel per model: every configuration of the
     table is a point (its schedule's colour and marker, labelled with its size and any variant),
     and each size's Pareto front (nothing else both faster and more accurate) is a dashed line."""
+    from matplotlib.ticker import FuncFormatter
+
     figure, panels = _model_panels(rows, panel_height=4.5)
     for axis, model in panels:
         mine = [row for row in rows if row.model == model]
@@ -825,6 +827,10 @@ def plot_time(rows: list[StudyRow], path: str | os.PathLike) -> Path:
             front = pareto_front([(row.seconds_mean, 100 * row.accuracy_mean) for row in mine if row.per_class == size])
             axis.plot(*zip(*front), color="black", alpha=0.35, linestyle="--", linewidth=1)
         axis.set_xscale("log")
+        seconds = FuncFormatter(lambda value, _: f"{value:g}")  # 60, not 6 x 10^1
+        axis.xaxis.set_major_formatter(seconds)
+        axis.xaxis.set_minor_formatter(seconds)
+        axis.tick_params(axis="x", which="minor", labelsize="x-small")
         axis.set_title(f"{model} (dashed: each size's Pareto front)", fontsize="small")
         axis.set_xlabel("wall-clock seconds per run")
         axis.set_ylabel("test accuracy (%)")
