@@ -140,6 +140,10 @@ class StudySettings:
             raise ValueError(f"test_per_class must be in 1..1000 (Fashion-MNIST's test set), got {self.test_per_class}")
 
 
+# the settings a study runs with unless told otherwise, as records store them
+DEFAULT_SETTINGS = asdict(StudySettings())
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One training run of the study."""
@@ -413,9 +417,8 @@ def input_size(model: str, settings: StudySettings) -> int:
 
 def build_study_model(spec: RunSpec, settings: StudySettings):
     """The spec's network for Fashion-MNIST: 10 classes, one channel, the study's input size."""
-    from phasenets.models import build_model
-
     from phasenets.config import parse_assignments
+    from phasenets.models import build_model
 
     options = {**MODEL_INPUTS[spec.model].options,
                **(parse_assignments(settings.model_options) if settings.model_options else {})}
@@ -511,8 +514,8 @@ def _key(spec: RunSpec, settings: dict[str, Any]) -> str:
     """What tells runs apart: the spec and the settings in which the run differs from the study's
     defaults. A setting added to the study later is missing from older records, which ran at its
     default: they keep matching the runs they describe, and a rerun does not repeat them."""
-    defaults = asdict(StudySettings())
-    differing = {name: value for name, value in settings.items() if name not in defaults or value != defaults[name]}
+    differing = {name: value for name, value in settings.items()
+                 if name not in DEFAULT_SETTINGS or value != DEFAULT_SETTINGS[name]}
     return json.dumps({**asdict(spec), **differing}, sort_keys=True)
 
 
@@ -606,11 +609,11 @@ def summarize_results(records: list[dict[str, Any]]) -> list[StudyRow]:
 def _variant_labels(records: list[dict[str, Any]]) -> list[str]:
     """Per record, ``name=value`` for each setting that is not the same in every record, where the
     record's value is not the study's default (a setting the defaults lack is always named)."""
-    defaults = asdict(StudySettings())
     varying = _varying_settings(records)
     labels = []
     for record in records:
-        differing = [name for name in varying if name not in defaults or _setting(record, name) != defaults[name]]
+        differing = [name for name in varying
+                     if name not in DEFAULT_SETTINGS or _setting(record, name) != DEFAULT_SETTINGS[name]]
         labels.append(", ".join(f"{name}={_setting(record, name)}" for name in differing))
     return labels
 
@@ -618,7 +621,7 @@ def _variant_labels(records: list[dict[str, Any]]) -> list[str]:
 def _setting(record: dict[str, Any], name: str) -> Any:
     """A record's value of a setting; one added to the study after the record was made is missing
     from it, and the run had its default (as ``_key`` assumes)."""
-    return record["settings"].get(name, asdict(StudySettings()).get(name))
+    return record["settings"].get(name, DEFAULT_SETTINGS.get(name))
 
 
 def _varying_settings(records: list[dict[str, Any]]) -> list[str]:
@@ -726,6 +729,8 @@ def _points(value: float) -> str:
 
 
 VARIANT_LINE_STYLES = ("--", ":", "-.")
+SCHEDULE_STYLES = {"phasewise": ("tab:blue", "o"), "standard": ("tab:gray", "s"),
+                   "phasewise+finetune": ("tab:orange", "^"), EQUAL_TIME: ("tab:green", "D")}
 
 
 def _model_panels(rows: list[StudyRow], panel_height: float):
@@ -754,8 +759,6 @@ def _save_figure(figure, title: str, path: str | os.PathLike) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
-SCHEDULE_STYLES = {"phasewise": ("tab:blue", "o"), "standard": ("tab:gray", "s"),
-                   "phasewise+finetune": ("tab:orange", "^"), EQUAL_TIME: ("tab:green", "D")}
 
 
 def plot_results(rows: list[StudyRow], path: str | os.PathLike) -> Path:
@@ -842,6 +845,7 @@ def plot_time(rows: list[StudyRow], path: str | os.PathLike) -> Path:
 def format_equal_time_table(rows: list[StudyRow]) -> str:
     """Phase-wise against end to end given the same wall-clock (``standard-equal-time``), per
     model, size and variant that has both; empty when there are no equal-time runs."""
+    with_variants = any(row.variant for row in rows)
     lines = []
     for row in rows:
         if row.schedule != EQUAL_TIME:
@@ -850,7 +854,7 @@ def format_equal_time_table(rows: list[StudyRow]) -> str:
                      (other.model, other.per_class, other.variant) == (row.model, row.per_class, row.variant)), None)
         if twin is None:
             continue
-        cells = [row.model, f"{row.per_class:,}", *([row.variant or "-"] if any(r.variant for r in rows) else []),
+        cells = [row.model, f"{row.per_class:,}", *([row.variant or "-"] if with_variants else []),
                  str(min(row.runs, twin.runs)), _mean_std(100 * twin.accuracy_mean, 100 * twin.accuracy_std, twin.runs),
                  _mean_std(100 * row.accuracy_mean, 100 * row.accuracy_std, row.runs),
                  f"{100 * (twin.accuracy_mean - row.accuracy_mean):+.1f} pt", f"{twin.seconds_mean:.0f}",
@@ -858,10 +862,9 @@ def format_equal_time_table(rows: list[StudyRow]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if not lines:
         return ""
-    variant = any(r.variant for r in rows)
-    header = ("| model | train images / class | " + ("settings | " if variant else "") + "seeds | phase-wise (%) "
+    header = ("| model | train images / class | " + ("settings | " if with_variants else "") + "seeds | phase-wise (%) "
               "| end to end, same time (%) | phase-wise gain | phase-wise s | end to end s | its epochs |")
-    align = "|---|---:|" + ("---|" if variant else "") + "---:|---:|---:|---:|---:|---:|---:|"
+    align = "|---|---:|" + ("---|" if with_variants else "") + "---:|---:|---:|---:|---:|---:|---:|"
     return "\n".join([header, align, *lines])
 
 
@@ -950,8 +953,7 @@ def _settings_lines(records: list[dict[str, Any]]) -> list[str]:
     shared = {name: value for name, value in records[0]["settings"].items() if name not in varying}
     lines = [f"Settings of every run: `{json.dumps(shared, sort_keys=True)}`."]
     if varying:
-        defaults = asdict(StudySettings())
-        named = ", ".join(f"{name}={defaults.get(name)}" for name in varying)
+        named = ", ".join(f"{name}={DEFAULT_SETTINGS.get(name)}" for name in varying)
         lines += ["", "The settings column names each setting that differs between runs where a run's value is not "
                   f"the study's default ({named}); \"-\": the defaults. \"vs standard\" compares with the standard "
                   "runs of the same model and size whose settings are closest."]

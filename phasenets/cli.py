@@ -218,13 +218,10 @@ def _add_summary(commands) -> argparse.ArgumentParser:
     return parser
 
 
-
 def _run_summary(args: argparse.Namespace) -> int:
-    from phasenets.models import build_model
-    from phasenets.models.summary import format_summary, summarize
-
     from phasenets.config import parse_assignments
-    from phasenets.models import model_options
+    from phasenets.models import build_model, model_options
+    from phasenets.models.summary import format_summary, summarize
 
     try:
         chosen = parse_assignments(args.model_options)
