@@ -180,9 +180,9 @@ def _add_demo(commands) -> argparse.ArgumentParser:
                         help="where the digits PNG folders are written")
     _add_output(parser, default="runs/demo", help="the runs go to PATH/phasewise and PATH/standard")
     parser.add_argument("--max-epochs", type=int, default=None, metavar="N",
-                        help="epochs per phase [default: train's, 15 per phase and 15 x blocks end to end]")
-    parser.add_argument("--patience", type=int, default=4, metavar="N",
-                        help="stop a phase after this many epochs without validation improvement")
+                        help="epochs per phase [default: train's; end to end gets those of all phases together]")
+    parser.add_argument("--patience", type=int, default=None, metavar="N",
+                        help="stop a phase after this many epochs without validation improvement [default: train's]")
     parser.add_argument("--num-workers", type=int, default=1, metavar="N", help="data loading worker processes")
     return parser
 

@@ -219,11 +219,14 @@ class TrainConfig:
     )
     batch_size: int = _option(32, "images per batch (per process)", group="optimisation")
     max_epochs: int | None = _option(
-        None, f"maximum epochs of each phase [default: {DEFAULT_EPOCHS_PER_PHASE}; the standard schedule's one "
-        f"phase: {DEFAULT_EPOCHS_PER_PHASE} x the blocks, the epochs a phase-wise run may take]", group="plan"
+        None, f"maximum epochs of each phase [default: {DEFAULT_EPOCHS_PER_PHASE}, or the epochs of "
+        f"{plan.MIN_STEPS_PER_PHASE} optimizer steps when that is more; the standard schedule's one phase: that "
+        "x the blocks, the epochs a phase-wise run may take]", group="plan"
     )
-    patience: int = _option(
-        4, "stop a phase after this many epochs without validation improvement (0: never)", group="plan"
+    patience: int | None = _option(
+        None, "stop a phase after this many epochs without validation improvement (0: never) "
+        f"[default: {plan.DEFAULT_PATIENCE}, or the epochs of {plan.MIN_PATIENCE_STEPS} optimizer steps when that "
+        "is more]", group="plan"
     )
     time_budget: float | None = _option(
         None, "wall-clock seconds the training may take, shared by the phases: each may use the time left "
@@ -325,7 +328,8 @@ class TrainConfig:
                f"time_budget must be positive seconds, got {self.time_budget}")
         _check(self.cache_budget_gb is None or self.cache_budget_gb > 0,
                f"cache_budget_gb must be positive, got {self.cache_budget_gb}")
-        for name in ("patience", "finetune_epochs", "weight_decay", "lr_decay", "label_smoothing", "warmup_epochs"):
+        _check(self.patience is None or self.patience >= 0, f"patience must be >= 0, got {self.patience}")
+        for name in ("finetune_epochs", "weight_decay", "lr_decay", "label_smoothing", "warmup_epochs"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.label_smoothing < 1, f"label_smoothing must be below 1, got {self.label_smoothing}")
         _check(0 <= self.similarity_weight < 1, f"similarity_weight must be in [0, 1), got {self.similarity_weight}")

@@ -19,7 +19,7 @@ def parse(*argv: str) -> TrainConfig:
 def test_defaults_are_the_studys_and_the_original_trainers_are_one_file_away():
     config = TrainConfig()
     assert (config.model, config.optimizer, config.batch_size, config.max_epochs, config.patience, config.seed) == (
-        "alexnet", "adam", 32, None, 4, 1)
+        "alexnet", "adam", 32, None, None, 1)
     assert config.schedule == "phasewise" and not config.use_test
     assert config.learning_rate == 1e-3  # Keras' Adam default
     assert config.lr_schedule == "constant" and config.warmup_epochs == 1.0

@@ -398,3 +398,30 @@ def test_a_setting_added_after_a_record_was_made_reads_as_its_default_in_the_tab
     varied = {**_record(schedule="phasewise", seed=2), "settings": {**old["settings"], "similarity_weight": 0.9}}
     rows = summarize_results([old, new, varied])
     assert [(row.variant, row.runs) for row in rows] == [("", 2), ("similarity_weight=0.9", 1)]
+
+
+def test_a_record_from_before_the_warm_up_existed_ran_without_one():
+    """The study's warm-up default became the trainer's 1 epoch after records without the setting
+    were made; those ran with none, so they match a study asked for none, not today's default."""
+    spec = RunSpec("lenet5", 50, "phasewise", 0)
+    current = asdict(StudySettings())
+    older = {name: value for name, value in current.items() if name != "warmup_epochs"}
+    assert _record_key({**asdict(spec), "settings": older}) == _key(spec, asdict(StudySettings(warmup_epochs=0.0)))
+    assert _record_key({**asdict(spec), "settings": older}) != _key(spec, current)
+    rows = summarize_results([{**_record(schedule="phasewise"), "settings": older},
+                              {**_record(schedule="phasewise", seed=1), "settings": current}])
+    assert [row.variant for row in rows] == ["", "warmup_epochs=0.0"]
+
+
+def test_unset_epochs_and_patience_are_the_trainers_for_the_subsets_epoch_length():
+    settings = StudySettings()
+    assert (settings.epochs_per_phase, settings.patience, settings.warmup_epochs) == (None, None, 1.0)
+    for schedule in ("phasewise", "standard", "phasewise+finetune"):
+        config = train_config(RunSpec("lenet5", 50, schedule, 0), Path("data"), Path("run"), settings, num_blocks=5)
+        assert (config.max_epochs, config.patience, config.warmup_epochs) == (None, None, 1.0)
+    # 50 images per class in batches of 32: 16 steps an epoch, so 750 steps take 47 epochs
+    finetune = train_config(RunSpec("lenet5", 50, "phasewise+finetune", 0), Path("data"), Path("run"), settings, 5)
+    assert finetune.finetune_epochs == 47
+    fixed = train_config(RunSpec("lenet5", 50, "standard", 0), Path("data"), Path("run"),
+                         StudySettings(epochs_per_phase=15, patience=4), num_blocks=5)
+    assert (fixed.max_epochs, fixed.patience) == (75, 4)

@@ -30,12 +30,12 @@ def prepare_demo_data(data_dir: str | Path) -> Path:
 
 
 def run_demo(data_dir: str | Path = "data/demo", output_dir: str | Path = "runs/demo", *, max_epochs: int | None = None,
-             patience: int = 4, schedules: tuple[str, ...] = ("phasewise", "standard"), num_workers: int = 1,
+             patience: int | None = None, schedules: tuple[str, ...] = ("phasewise", "standard"), num_workers: int = 1,
              loader: str = "torch", head: str = DEFAULT_HEAD) -> list[DemoRun]:
     """Train ``lenet5`` on the digits with each schedule, with `TrainConfig`'s defaults otherwise.
 
     Runs go to ``output_dir/<schedule>`` (replacing an earlier demo's run there). ``max_epochs``
-    None: each schedule's default budget (`phasenets.train.plan.phase_epochs`: end to end gets the
+    and ``patience`` None: the trainer's defaults (`phasenets.train.plan`: end to end may take the
     epochs of all the phase-wise phases together). One compute thread: LeNet-5 on 32 px images gains nothing from more, and the loader worker needs a core.
     """
     data_dir = prepare_demo_data(data_dir)

@@ -1,6 +1,7 @@
 """The phase plan: which blocks each phase trains, which it freezes, and at what learning rates."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -10,14 +11,26 @@ from phasenets.errors import ConfigError
 if TYPE_CHECKING:
     from phasenets.config import TrainConfig
 
-__all__ = ["DEFAULT_EPOCHS_PER_PHASE", "SCHEDULES", "Phase", "block_lr_multipliers", "build_plan", "phase_epochs"]
+__all__ = [
+    "DEFAULT_EPOCHS_PER_PHASE", "DEFAULT_PATIENCE", "MIN_PATIENCE_STEPS", "MIN_STEPS_PER_PHASE", "SCHEDULES", "Phase",
+    "block_lr_multipliers", "build_plan", "default_patience", "phase_epochs", "steps_per_epoch",
+]
 
 # phasewise: one block per phase with an auxiliary head, earlier blocks frozen; standard: all blocks
 # in one phase; progressive (ModNet): phase k trains blocks 1..k, older ones at lower rates
 SCHEDULES = ("phasewise", "standard", "progressive")
-# the epochs a phase may take when --max-epochs is not given; the accuracy study's setting (with
-# patience 4, most phases stop earlier: benchmarks/ACCURACY.md)
+# The epochs a phase may take when --max-epochs is not given, and the epochs without validation
+# improvement that end it when --patience is not given: the accuracy study's settings
+# (benchmarks/ACCURACY.md), chosen at 200 images per class, where an epoch of batch 32 is 50
+# optimizer steps. What early stopping judges is how much a phase has optimized, and on fewer
+# images an epoch is fewer steps: at 50 per class, 4 epochs are 52 steps, and the study's phases
+# and end-to-end runs stopped while still improving (ACCURACY.md, "Step-scaled defaults"). So the
+# defaults keep at least the steps they stand for at 200 per class: a phase may take 750 steps and
+# stops after 200 without improvement. On larger data the epoch counts bind.
 DEFAULT_EPOCHS_PER_PHASE = 15
+DEFAULT_PATIENCE = 4
+MIN_STEPS_PER_PHASE = 750
+MIN_PATIENCE_STEPS = 200
 
 
 @dataclass(frozen=True)
@@ -52,15 +65,18 @@ class Phase:
         return self.block_lr_scales[-1]
 
 
-def build_plan(config: TrainConfig, num_blocks: int) -> list[Phase]:
-    """The phases of ``config.schedule`` for a network of ``num_blocks`` blocks, plus fine-tuning."""
+def build_plan(config: TrainConfig, num_blocks: int, steps: int | None = None) -> list[Phase]:
+    """The phases of ``config.schedule`` for a network of ``num_blocks`` blocks, plus fine-tuning.
+
+    ``steps``: optimizer steps per epoch (`steps_per_epoch`), which sets the default epochs of a
+    phase on small data; None: the epoch defaults alone."""
     multipliers = block_lr_multipliers(num_blocks, config.block_lr_multipliers or None, config.layer_decay)
 
     def scales(first: int, last: int, extra: list[float] | None = None) -> tuple[float, ...]:
         extra = extra or [1.0] * (last - first + 1)
         return tuple(multipliers[block - 1] * factor for block, factor in zip(range(first, last + 1), extra))
 
-    epochs = phase_epochs(config, num_blocks)
+    epochs = phase_epochs(config, num_blocks, steps)
     if config.schedule == "phasewise":
         plan = [Phase(k, f"phase {k}", k, k, scales(k, k), epochs) for k in range(1, num_blocks + 1)]
     elif config.schedule == "standard":
@@ -83,13 +99,31 @@ def build_plan(config: TrainConfig, num_blocks: int) -> list[Phase]:
     return plan
 
 
-def phase_epochs(config: TrainConfig, num_blocks: int) -> int:
+def steps_per_epoch(train_images: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps in one epoch over ``train_images`` (each process takes ``batch_size`` a step)."""
+    return max(1, math.ceil(train_images / (batch_size * world_size)))
+
+
+def phase_epochs(config: TrainConfig, num_blocks: int, steps: int | None = None) -> int:
     """The most epochs one phase of ``config``'s schedule may take: ``max_epochs`` when given, else
-    `DEFAULT_EPOCHS_PER_PHASE`, and for the standard schedule's single phase that many times the
-    blocks, so that by default end-to-end training may take as many epochs as a phase-wise run."""
+    `DEFAULT_EPOCHS_PER_PHASE` or enough epochs of ``steps`` optimizer steps for
+    `MIN_STEPS_PER_PHASE`, whichever is more; for the standard schedule's single phase, that many
+    times the blocks, so that by default end-to-end training may take as many epochs as a
+    phase-wise run."""
     if config.max_epochs is not None:
         return config.max_epochs
-    return DEFAULT_EPOCHS_PER_PHASE * (num_blocks if config.schedule == "standard" else 1)
+    per_phase = DEFAULT_EPOCHS_PER_PHASE
+    if steps is not None:
+        per_phase = max(per_phase, math.ceil(MIN_STEPS_PER_PHASE / steps))
+    return per_phase * (num_blocks if config.schedule == "standard" else 1)
+
+
+def default_patience(steps: int | None = None) -> int:
+    """The early-stopping patience when none is given: `DEFAULT_PATIENCE` epochs or the epochs of
+    ``steps`` optimizer steps that make `MIN_PATIENCE_STEPS`, whichever is more."""
+    if steps is None:
+        return DEFAULT_PATIENCE
+    return max(DEFAULT_PATIENCE, math.ceil(MIN_PATIENCE_STEPS / steps))
 
 
 def block_lr_multipliers(

@@ -29,7 +29,7 @@ from phasenets.train.checkpoint import Checkpoint, ModelRecord
 from phasenets.train.curriculum import plan_around_frozen, task_record, task_splits
 from phasenets.train.distributed import DistributedContext
 from phasenets.train.inputs import ImageFeed, PhaseInputs
-from phasenets.train.plan import Phase, build_plan
+from phasenets.train.plan import Phase, build_plan, default_patience, steps_per_epoch
 from phasenets.train.precision import Precision
 from phasenets.train.preflight import apply_report, check_images
 from phasenets.train.recorder import RunIdentity, RunRecorder
@@ -133,10 +133,11 @@ def prepare_run(config: TrainConfig, model: nn.Module | None = None) -> RunSetup
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # conv weights; inputs follow in Precision.layout
     normalization = choose_normalization(config, data, model, start, transfer, dist)
-    plan = plan_phases(config, model, frozen_blocks, dist)
+    steps = steps_per_epoch(len(data.train), config.batch_size, dist.world_size)
+    plan = plan_phases(config, model, frozen_blocks, dist, steps)
     precision = Precision(dist.device, config.amp, config.channels_last)
     images = ImageFeed(config, data, dist, model.input_shape[-1], model.input_shape[0], normalization, cpu.workers)
-    resolved = resolve_config(config, data, model, run_dir, cpu)
+    resolved = resolve_config(config, data, model, run_dir, cpu, steps)
     _create_run_dir(run_dir, dist)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cpu.threads)
@@ -343,9 +344,10 @@ def choose_normalization(config: TrainConfig, data: DatasetSplits, model: nn.Mod
 
 
 def plan_phases(config: TrainConfig, model: nn.Module, frozen_blocks: tuple[int, ...],
-                dist: DistributedContext) -> list[Phase]:
-    """The schedule's phases, without those that would train only reused frozen blocks."""
-    plan, skipped = plan_around_frozen(build_plan(config, model.num_blocks), frozen_blocks)
+                dist: DistributedContext, steps: int) -> list[Phase]:
+    """The schedule's phases for epochs of ``steps`` optimizer steps, without those that would
+    train only reused frozen blocks."""
+    plan, skipped = plan_around_frozen(build_plan(config, model.num_blocks, steps), frozen_blocks)
     for phase in skipped:
         if dist.is_main:
             log.info("%s skipped: it would train only reused frozen blocks", phase.name)
@@ -353,11 +355,13 @@ def plan_phases(config: TrainConfig, model: nn.Module, frozen_blocks: tuple[int,
 
 
 def resolve_config(config: TrainConfig, data: DatasetSplits, model: nn.Module, run_dir: RunDirectory,
-                   cpu: CpuPlan) -> TrainConfig:
-    """``config`` with what the run derived filled in: what ``config.yaml`` and every checkpoint record."""
+                   cpu: CpuPlan, steps: int) -> TrainConfig:
+    """``config`` with what the run derived filled in: what ``config.yaml`` and every checkpoint
+    record. ``steps``: optimizer steps per epoch, which set the default patience."""
+    patience = default_patience(steps) if config.patience is None else config.patience
     return dataclasses.replace(config, num_classes=data.num_classes, image_size=model.input_shape[-1],
                                in_channels=model.input_shape[0], lr=config.learning_rate, output=str(run_dir.path),
-                               resume=None, num_workers=cpu.workers, num_threads=cpu.threads)
+                               resume=None, num_workers=cpu.workers, num_threads=cpu.threads, patience=patience)
 
 
 def model_record(model: nn.Module, head: str) -> ModelRecord:

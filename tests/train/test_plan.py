@@ -5,6 +5,7 @@ import pytest
 
 from phasenets.config import ConfigError, TrainConfig
 from phasenets.train import build_plan
+from phasenets.train.plan import default_patience, phase_epochs, steps_per_epoch
 
 
 def blocks(plan):
@@ -21,6 +22,27 @@ def test_phasewise_trains_one_block_per_phase():
 def test_standard_is_one_phase_over_everything():
     plan = build_plan(TrainConfig(schedule="standard", max_epochs=7), 4)
     assert blocks(plan) == [(1, 4)] and plan[0].max_epochs == 7 and plan[0].frozen_prefix == 0
+
+
+def test_steps_per_epoch_counts_every_process_batch():
+    assert steps_per_epoch(400, 32) == 13  # the last, partial batch is a step too
+    assert steps_per_epoch(1600, 32) == 50
+    assert steps_per_epoch(1600, 32, world_size=2) == 25
+    assert steps_per_epoch(3, 32) == 1
+
+
+def test_short_epochs_get_the_default_steps_not_the_default_epochs():
+    # 50 steps an epoch (200 images per class, batch 32): the epoch defaults hold as they are
+    assert phase_epochs(TrainConfig(), 5, steps=50) == 15 and default_patience(50) == 4
+    assert phase_epochs(TrainConfig(schedule="standard"), 5, steps=50) == 75
+    # 13 steps an epoch (50 per class): 750 steps a phase, 200 steps of patience
+    assert phase_epochs(TrainConfig(), 5, steps=13) == 58 and default_patience(13) == 16
+    assert phase_epochs(TrainConfig(schedule="standard"), 5, steps=13) == 5 * 58
+    assert [phase.max_epochs for phase in build_plan(TrainConfig(), 3, steps=13)] == [58] * 3
+    # long epochs never lower the defaults, and given values are kept whatever the epoch
+    assert phase_epochs(TrainConfig(), 5, steps=250) == 15 and default_patience(250) == 4
+    assert phase_epochs(TrainConfig(max_epochs=3), 5, steps=1) == 3
+    assert phase_epochs(TrainConfig(), 5) == 15 and default_patience() == 4
 
 
 def test_progressive_slows_older_blocks():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 
 import pytest
@@ -12,6 +13,7 @@ from phasenets.config import TrainConfig
 from phasenets.data import DatasetError
 from phasenets.train import PhaseTrainer
 from phasenets.train.checkpoint import SHARED_STATE_KEY, load_checkpoint
+from phasenets.train.plan import MIN_PATIENCE_STEPS
 
 from conftest import CLASSES, tiny_config, tiny_net, write_dataset
 
@@ -117,6 +119,18 @@ def test_the_last_phase_and_the_run_report_one_test_score(phasewise_run):
     rows = [r for r in csv.DictReader(open(result.run_dir / "metrics.csv")) if r["split"] == "test"]
     assert [(r["phase"], r["epoch"]) for r in rows][-1] == ("3", str(last.best_epoch))
     assert float(rows[-1]["accuracy"]) == pytest.approx(result.test_accuracy, abs=1e-6) and rows[-1]["lr"] == ""
+
+
+def test_default_patience_follows_the_steps_of_an_epoch(tiny_data, tmp_path):
+    """Without --patience a run waits 200 optimizer steps' worth of epochs (5 steps each here), and
+    records the patience it used; a given patience is kept."""
+    derived = PhaseTrainer(tiny_config(tiny_data, tmp_path / "derived", schedule="standard", max_epochs=1),
+                           model=tiny_net()).fit()
+    assert TrainConfig.from_file(derived.run_dir / "config.yaml").patience == math.ceil(
+        MIN_PATIENCE_STEPS / STEPS_PER_EPOCH) == 40
+    given = PhaseTrainer(tiny_config(tiny_data, tmp_path / "given", schedule="standard", max_epochs=1, patience=3),
+                         model=tiny_net()).fit()
+    assert TrainConfig.from_file(given.run_dir / "config.yaml").patience == 3
 
 
 def test_early_stopping_restores_best_weights(tmp_path):
