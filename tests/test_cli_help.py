@@ -63,7 +63,7 @@ def test_train_help_shows_groups_choices_defaults_and_original_flag_names():
     assert "--cache {off,auto,cuda,host,disk}" in text
     assert "--max-epochs, --max_epoch N" in text and "--nproc, --num_gpu N" in text
     assert "--freeze_layers, --freeze-layers [BOOL]" in text
-    assert "[default: adam]" in text and "[default: 15;" in text
+    assert "[default: adam]" in text and "[default: 15," in text
     assert "lenet5" in text  # the registered models are listed under --model
     assert text.startswith("usage: phasenets train [--config FILE]")
 

@@ -154,6 +154,9 @@ def prepare_run(config: TrainConfig, model: nn.Module | None = None) -> RunSetup
             f"{len(images.samples(split))} {split}" for split in inputs.loaders), data.num_classes,
             inputs.loaders["train"].description)
         log.info("cpu: %s", cpu.describe())
+        log.info("epochs: %d optimizer steps each; at most %s a phase, ending after %s without validation improvement",
+                 steps, "/".join(str(phase.max_epochs) for phase in plan),
+                 resolved.patience or "any number (patience 0)")
     identity = RunIdentity(model=model_record(model, config.head), classes=data.classes,
                            normalization={"mean": list(normalization.mean), "std": list(normalization.std)},
                            config=resolved.to_dict(), task=task, frozen_blocks=list(frozen_blocks))

@@ -200,6 +200,8 @@ def test_the_log_says_what_data_and_which_loader_a_run_uses(tiny_data, tmp_path,
         PhaseTrainer(tiny_config(tiny_data, tmp_path / "run", schedule="standard", max_epochs=1), model=tiny_net()).fit()
     assert "data: 36 train, 12 validation, 12 test images in 3 classes; loader: PIL + DataLoader, in this process" \
         in caplog.text
+    assert "epochs: 5 optimizer steps each; at most 1 a phase, ending after 40 without validation improvement" \
+        in caplog.text
 
 
 def test_fine_tuning_keeps_the_network_it_started_from_unless_an_epoch_beats_it(tiny_data, tmp_path):
