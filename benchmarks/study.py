@@ -61,7 +61,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from phasenets.config import AUGMENT_PRESETS, HEADS, LOADERS
+from phasenets.config import AUGMENT_PRESETS, DEFAULT_HEAD, HEADS, LOADERS
 
 __all__ = [
     "MODEL_INPUTS", "SCHEDULES", "QUICK", "RunSpec", "StudySettings", "StudyOutcome", "StudyRow",
@@ -106,7 +106,7 @@ RESULTS_SECTION = "## Accuracy study"
 class StudySettings:
     """The training settings every run of a study shares; changing any of them starts new results.
 
-    The defaults are the trainer's (`TrainConfig`): Adam at its default rate, conv auxiliary heads,
+    The defaults are the trainer's (`TrainConfig`): Adam at its default rate, its auxiliary head,
     the epoch budget and patience of ``phasenets.train.plan`` (None here), a one-epoch warm-up, no
     augmentation (so one cached view is exact).
     """
@@ -116,7 +116,7 @@ class StudySettings:
     optimizer: str = "adam"
     lr: float | None = None
     batch_size: int = 32
-    head: str = "conv"
+    head: str = DEFAULT_HEAD
     augment: str = "none"
     finetune_lr_scale: float = 0.1
     test_per_class: int | None = None  # None: the official 1,000 test images per class

@@ -105,15 +105,15 @@ def test_runs_with_other_settings_get_their_own_rows():
 
 def test_a_variant_is_compared_with_the_standard_runs_closest_in_settings(tmp_path):
     records = [_record(accuracy=0.5), _record(accuracy=0.7), _record(schedule="phasewise", accuracy=0.8)]
-    records[0]["settings"] = {"lr": 0.003, "head": "conv", "batch_size": 32}
-    records[1]["settings"] = {"lr": None, "head": "conv", "batch_size": 32}
+    records[0]["settings"] = {"lr": 0.003, "head": "pooled_conv", "batch_size": 32}
+    records[1]["settings"] = {"lr": None, "head": "pooled_conv", "batch_size": 32}
     records[2]["settings"] = {"lr": None, "head": "mlp", "batch_size": 32}
     table = format_table(summarize_results(records))
     assert "| phasewise | head=mlp | 1 | 80.0 % | +10.0 pt |" in table  # against lr=None, the default
     assert "| standard | lr=0.003 | 1 |" in table and "| standard | - | 1 | 70.0 % |" in table
     write_report(records, tmp_path / "ACCURACY.md")
     text = (tmp_path / "ACCURACY.md").read_text()
-    assert 'Settings of every run: `{"batch_size": 32}`.' in text and "default (head=conv, lr=None)" in text
+    assert 'Settings of every run: `{"batch_size": 32}`.' in text and "default (head=pooled_conv, lr=None)" in text
 
 
 def test_report_keeps_the_notes_around_its_block(tmp_path):

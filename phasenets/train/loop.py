@@ -250,11 +250,9 @@ def run_epoch(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> No
         setup.recorder.save_phase(phase, ("last",), state.stage_state(setup.model, copy=False), **state.progress(done))
 
 
-def another_epoch_overruns(deadline: float | None, epoch_started: float) -> bool:
+def another_epoch_overruns(deadline: float, epoch_started: float) -> bool:
     """Whether an epoch as long as the one that started at ``epoch_started`` and is ending now
-    would, started now, end past ``deadline`` (None: no deadline)."""
-    if deadline is None:
-        return False
+    would, started now, end past ``deadline``."""
     now = time.perf_counter()
     return now + (now - epoch_started) > deadline
 

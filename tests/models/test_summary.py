@@ -73,7 +73,7 @@ def test_format_summary_is_a_table_with_totals():
     model = build_model("alexnet", num_classes=10, image_size=64)
     text = format_summary(summarize(model))
     lines = text.splitlines()
-    assert lines[0].startswith("alexnet: input 3x64x64, 10 classes, conv auxiliary heads")
+    assert lines[0].startswith("alexnet: input 3x64x64, 10 classes, pooled_conv auxiliary heads")
     assert lines[1].split()[:3] == ["block", "input", "output"]
     assert len([line for line in lines if line[:1].isdigit()]) == 5
     total = sum(p.numel() for p in model.blocks.parameters())
