@@ -214,7 +214,8 @@ class TrainConfig:
     label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy loss", group="optimisation")
     similarity_weight: float = _option(
         0.0, "PredSim's similarity matching in each auxiliary-headed phase: loss = (1-w) x cross-entropy + w x "
-        "the squared difference of the batch's cosine-similarity matrices of block outputs and of labels "
+        "the squared difference of the batch's cosine-similarity matrices of the block's outputs (after a "
+        "learned 3x3 convolution that lives for the phase) and of the labels "
         "(Nøkland and Eidnes 2019 used 0.99; 0: cross-entropy only)", group="optimisation"
     )
     batch_size: int = _option(32, "images per batch (per process)", group="optimisation")

@@ -43,7 +43,7 @@ CHECKSUM_KEY = "checksum"
 
 
 # where a phase's epoch loop stood: absent from final.pt
-_PROGRESS_FIELDS = ("rng", "epoch", "early_stopping", "seconds", "optimizer", "scheduler", "scaler")
+_PROGRESS_FIELDS = ("rng", "epoch", "early_stopping", "seconds", "optimizer", "scheduler", "scaler", "criterion")
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,8 @@ class Checkpoint:
     checkpoints also carry the class hierarchy ``task``, the run's resolved ``config``, the
     ``phase`` they belong to and the blocks reused frozen from an earlier task. A phase's checkpoints (``phase<k>-best/last.pt``) also hold where the phase's
     epoch loop stood, for ``--resume``: ``epoch`` (epochs done), ``early_stopping``, ``seconds``,
-    the ``optimizer``/``scheduler``/``scaler`` states, the ``results`` of the phases done and the
+    the ``optimizer``/``scheduler``/``scaler`` states, the local loss's ``criterion`` weights (the
+    similarity projection, where the phase has one), the ``results`` of the phases done and the
     ``rng`` states; ``final.pt`` leaves those out.
     """
 
@@ -104,6 +105,7 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
+    criterion: dict[str, torch.Tensor] | None = None  # the local loss's similarity projection (--similarity-weight)
     results: list[dict[str, Any]] = field(default_factory=list)
 
     def to_payload(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from phasenets.errors import CheckpointError
 from phasenets.train.batch_norm import reestimate_batch_norm
 from phasenets.train.checkpoint import restore_rng_state
 from phasenets.train.early_stopping import EarlyStopping
@@ -101,6 +102,8 @@ class PhaseState:
         if not completed:
             progress.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                             scaler=self.scaler.state_dict())
+            if self.criterion.projection is not None:  # weights of the phase's own, outside the network
+                progress.update(criterion={name: tensor.clone() for name, tensor in self.criterion.state_dict().items()})
         return progress
 
     def stage_state(self, model: nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:
@@ -160,21 +163,27 @@ def start_phase(setup: RunSetup, phase: Phase, done: list[PhaseResult]) -> Phase
         trains = block in phase.trainable_blocks and block not in setup.frozen_blocks
         (model.unfreeze_block if trains else model.freeze_block)(block)
     stage = PhaseStage(model, phase)
-    optimizer = build_optimizer(
+    # the similarity term shapes a hidden output: not the network's own logits
+    similarity = config.similarity_weight if phase.last_block < model.num_blocks else 0.0
+    # The similarity projection's initial weights come from a generator of their own: the same on
+    # every rank (DDP broadcasts only the stage it wraps), and the run's other draws stay as without it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_projection_seed(config.seed, phase.index))
+        criterion = LocalLoss(model.num_classes, similarity, label_smoothing=config.label_smoothing,
+                              feature_shape=model.block_output_shapes[phase.last_block - 1]).to(setup.dist.device)
+    optimizer = build_optimizer(  # the criterion's similarity projection, where there is one, trains like the head
         config, [(model.blocks[k - 1], scale) for k, scale in zip(phase.trainable_blocks, phase.block_lr_scales)]
-        + [(stage.head, phase.head_lr_scale)],
+        + [(stage.head, phase.head_lr_scale), (criterion, phase.head_lr_scale)],
     )
     train_source = setup.inputs.source("train", phase)
     stage_tensors = {tensor.data_ptr() for tensor in stage.state_dict().values()}
-    # the similarity term shapes a hidden output: not the network's own logits
-    similarity = config.similarity_weight if phase.last_block < model.num_blocks else 0.0
     return PhaseState(
         phase=phase, stage=stage,
         stage_names=frozenset(name for name, tensor in model.state_dict().items() if tensor.data_ptr() in stage_tensors),
         trainable=setup.dist.wrap(stage, compile=config.compile), train_source=train_source, optimizer=optimizer,
         scheduler=build_lr_scheduler(config, optimizer, len(train_source), phase.max_epochs),
         scaler=setup.precision.grad_scaler(),
-        criterion=LocalLoss(model.num_classes, similarity, label_smoothing=config.label_smoothing),
+        criterion=criterion,
         tap=OutputTap(stage.blocks[-1]) if similarity > 0 else None,
         stopper=EarlyStopping(config.monitor, config.patience), global_epoch=sum(r.epochs for r in done),
         started=time.perf_counter(),
@@ -209,6 +218,11 @@ def resume_phase(setup: RunSetup, state: PhaseState, start: StartPoint) -> None:
     state.optimizer.load_state_dict(checkpoint.optimizer)
     state.scheduler.load_state_dict(checkpoint.scheduler)
     state.scaler.load_state_dict(checkpoint.scaler)
+    if state.criterion.projection is not None:
+        if checkpoint.criterion is None:
+            raise CheckpointError(f"the checkpoint of {state.phase.name} holds no similarity projection to resume "
+                                  "with: it was written by a phasenets without one (start the run again)")
+        state.criterion.load_state_dict(checkpoint.criterion)
     state.stopper = EarlyStopping(**checkpoint.early_stopping)
     state.best_state = start.best_state
     state.epoch = checkpoint.epoch
@@ -275,6 +289,8 @@ def train_epoch(setup: RunSetup, state: PhaseState) -> SplitMetrics:
         loss = state.criterion(logits, labels, None if state.tap is None else state.tap.take())
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
+        if state.criterion.projection is not None:  # outside DDP's module: its gradients are averaged here
+            average_gradients(setup, state.criterion.projection)
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.scheduler.step()
@@ -381,6 +397,14 @@ def finish(setup: RunSetup, results: list[PhaseResult], started: float) -> Train
                        setup.model, setup.inputs.report())
 
 
+def average_gradients(setup: RunSetup, module: nn.Module) -> None:
+    """Average ``module``'s gradients over the processes (DDP does it for the stage it wraps)."""
+    if setup.dist.world_size > 1:
+        for parameter in module.parameters():
+            if parameter.grad is not None:
+                setup.dist.all_reduce_sum(parameter.grad).div_(setup.dist.world_size)
+
+
 def _log_metrics(setup: RunSetup, state: PhaseState, split: str, metrics: SplitMetrics, seconds: float,
                  epoch: int | None = None) -> None:
     lr = state.optimizer.param_groups[-1]["lr"]  # the newest block's
@@ -391,6 +415,11 @@ def _log_metrics(setup: RunSetup, state: PhaseState, split: str, metrics: SplitM
 def _epoch_seed(seed: int, rank: int, phase: int, epoch: int) -> int:
     """A torch seed for one epoch of one rank, distinct for every (seed, rank, phase, epoch)."""
     return int(np.random.SeedSequence([seed, rank, phase, epoch]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _projection_seed(seed: int, phase: int) -> int:
+    """A torch seed for the initial weights of one phase's similarity projection (every rank's)."""
+    return int(np.random.SeedSequence([seed, phase, 0x51]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _on_terminal() -> bool:

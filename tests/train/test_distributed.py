@@ -66,6 +66,7 @@ def _worker(spec: dict) -> None:
     from phasenets.config import TrainConfig
     from phasenets.cache.levels import FeatureLevels
     from phasenets.train import PhaseTrainer
+    from phasenets.train import loop
     from phasenets.train import recorder as recorder_module
 
     rank = int(os.environ["RANK"])
@@ -98,11 +99,20 @@ def _worker(spec: dict) -> None:
         return save_checkpoint(path, payload, copies)
 
     recorder_module.save_checkpoint = recording_save
+    projections: list[list[list[float]]] = []  # per phase that had one: the similarity projection's weights
+    end_phase = loop.end_phase
+
+    def recording_end_phase(setup, state, done):
+        if state.criterion.projection is not None:
+            projections.append([p.detach().flatten().tolist() for p in state.criterion.projection.parameters()])
+        return end_phase(setup, state, done)
+
+    loop.end_phase = recording_end_phase
     config = TrainConfig(**spec["config"])
     torch.manual_seed(0)
     trainer = PhaseTrainer(config, model=tiny_ddp_net(spec.get("dropout", 0.0)))
     result = trainer.fit()
-    record = {"saves": saves, "steps": steps[0], "final": result.final,
+    record = {"saves": saves, "steps": steps[0], "final": result.final, "projections": projections,
               "cache": {"enabled": result.cache.enabled, "builds": result.cache.builds, "reuses": result.cache.reuses}}
     (record_dir / f"rank{rank}.json").write_text(json.dumps(record))
     torch.save(result.model.state_dict(), record_dir / f"weights-rank{rank}.pt")
@@ -211,6 +221,19 @@ def test_two_processes_match_one_process_at_the_same_global_batch(full_batch_dat
     written = sorted(path.name for path in (tmp_path / "two" / "checkpoints").iterdir())
     assert written == sorted(set(records[0]["saves"]))
     assert (tmp_path / "two" / "summary.json").is_file()
+
+
+def test_the_similarity_projection_learns_from_every_ranks_batches(odd_data, tmp_path):
+    """The similarity term's projection lives outside the DDP-wrapped stage: its gradients are
+    averaged by the loop, so every rank ends each phase with the same projection (the one rank
+    0's checkpoints hold and a resumed run gives every rank), though each saw only its shard."""
+    spec = {"record_dir": str(tmp_path / "records"),
+            "config": job_config(odd_data, tmp_path / "run", similarity_weight=0.9)}
+    job, _ = run_job(spec, tmp_path)
+    assert job.returncode == 0, job.stdout + job.stderr
+    first, second = (record["projections"] for record in read_records(tmp_path / "records"))
+    assert len(first) == 2  # the two phases that end in an auxiliary head; the classifier's has none
+    assert first == second
 
 
 def fail_job(how: str, data_dir: Path, tmp_path: Path, dropout: float = 0.0,

@@ -1,4 +1,5 @@
-"""The local loss: cross-entropy, and PredSim's similarity-matching term on the trained block's output."""
+"""The local loss: cross-entropy, and PredSim's similarity-matching term on a learned projection of the
+trained block's output."""
 from __future__ import annotations
 
 import pytest
@@ -37,9 +38,11 @@ def test_the_local_loss_mixes_the_two_terms_and_sends_gradients_into_the_feature
     features = torch.randn(6, 4, 2, 2, requires_grad=True)
     plain = F.cross_entropy(logits, labels)
     assert LocalLoss(3)(logits, labels, features) == plain  # weight 0: cross-entropy only
-    assert LocalLoss(3, 0.9)(logits, labels) == plain  # no features (the network's own classifier)
-    mixed = LocalLoss(3, 0.9)(logits, labels, features)
-    assert mixed.item() == pytest.approx(0.1 * plain.item() + 0.9 * similarity_matching_loss(features, labels, 3).item())
+    assert LocalLoss(3, 0.9, feature_shape=(4, 2, 2))(logits, labels) == plain  # no features (the network's own classifier)
+    criterion = LocalLoss(3, 0.9, feature_shape=(4, 2, 2))
+    mixed = criterion(logits, labels, features)
+    similarity = similarity_matching_loss(criterion.projection(features), labels, 3)
+    assert mixed.item() == pytest.approx(0.1 * plain.item() + 0.9 * similarity.item())
     mixed.backward()
     assert features.grad is not None and features.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"similarity_weight must be in \[0, 1\)"):
@@ -68,3 +71,35 @@ def test_a_run_with_the_similarity_term_trains_and_only_its_headed_phases_use_it
     assert mixed.phases[0].validation["loss"] != plain.phases[0].validation["loss"]
     handles = [block._forward_hooks for block in mixed.model.blocks]
     assert all(len(hooks) == 0 for hooks in handles)  # every phase removed its tap
+
+
+def test_maps_of_many_channels_are_compared_by_each_channels_spread_over_its_positions():
+    torch.manual_seed(0)
+    maps = torch.randn(5, 6, 4, 4)
+    spreads = maps.flatten(2).std(dim=2)
+    assert torch.allclose(similarity_matrix(maps), similarity_matrix(spreads), atol=1e-6)
+    # shifting a channel's every position by a constant leaves its spread, so the similarity, as it was
+    shifted = maps + torch.arange(6.0).reshape(1, 6, 1, 1)
+    assert torch.allclose(similarity_matrix(shifted), similarity_matrix(maps), atol=1e-5)
+    # few channels, or one position: every value counts
+    assert torch.allclose(similarity_matrix(maps[:, :3]), similarity_matrix(maps[:, :3].flatten(1)))
+
+
+def test_the_similarity_is_taken_after_a_learned_projection_that_trains_with_the_loss():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    maps = torch.randn(6, 4, 5, 5, requires_grad=True)
+    loss = LocalLoss(3, 0.9, feature_shape=(4, 5, 5))
+    assert isinstance(loss.projection, nn.Conv2d) and loss.projection.weight.shape == (4, 4, 3, 3)
+    assert loss.projection.bias is None
+    projected = loss.projection(maps)
+    expected = 0.1 * F.cross_entropy(logits, labels) + 0.9 * similarity_matching_loss(projected, labels, 3)
+    value = loss(logits, labels, maps)
+    assert value.item() == pytest.approx(expected.item())
+    value.backward()
+    assert maps.grad.abs().sum() > 0 and loss.projection.weight.grad.abs().sum() > 0
+    vectors = LocalLoss(3, 0.5, feature_shape=(7,))
+    assert [p.shape for p in vectors.parameters()] == [(7, 7)]
+    assert LocalLoss(3).projection is None and list(LocalLoss(3).parameters()) == []
+    with pytest.raises(ValueError, match="feature_shape"):
+        LocalLoss(3, 0.5)
