@@ -103,7 +103,7 @@ class PhaseState:
             progress.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                             scaler=self.scaler.state_dict())
             if self.criterion.projection is not None:  # weights of the phase's own, outside the network
-                progress.update(criterion={name: tensor.clone() for name, tensor in self.criterion.state_dict().items()})
+                progress.update(criterion=self.criterion.state_dict())  # the checkpoint writer snapshots it
         return progress
 
     def stage_state(self, model: nn.Module, copy: bool = True) -> dict[str, torch.Tensor]:

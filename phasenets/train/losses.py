@@ -19,6 +19,7 @@ the network.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -55,9 +56,7 @@ def similarity_projection(feature_shape: Sequence[int]) -> nn.Module:
     if len(feature_shape) == 3:
         channels = feature_shape[0]
         return nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
-    features = 1
-    for size in feature_shape:
-        features *= size
+    features = math.prod(feature_shape)
     return nn.Sequential(nn.Flatten(), nn.Linear(features, features, bias=False))
 
 
