@@ -281,8 +281,8 @@ class TrainConfig:
 
     # the feature cache: later phases read the frozen prefix's outputs instead of recomputing them
     cache: str = _option(
-        "auto", "where frozen blocks' outputs are kept: auto picks the fastest tier they fit in (off where no "
-        "phase has frozen blocks)", choices=CACHE_MODES, group="cache",
+        "auto", "where frozen blocks' outputs (and unaugmented images, in memory) are kept: auto picks the "
+        "fastest tier they fit in", choices=CACHE_MODES, group="cache",
     )
     cache_views: int | None = _option(
         None, "augmented views cached per training image [default: 1 without augmentation, else min(4, max_epochs)]",

@@ -6,6 +6,11 @@ builds the level-k cache of every split with one streaming pass of block ``k`` o
 ``k-1`` cache (for level 1, over the images), then frees level ``k-1``. The phase reads level ``k``
 through :class:`CachedFeatures`, which yields batches the way the trainer's image loader would.
 
+Level 0 itself is kept only where :class:`LevelSettings` says so (``images``: no augmentation, and
+the images fit in memory): the loader's decoded, normalized images, in float32, so that the phases
+that train block 1 (phase 1, every epoch of a ``standard`` run) read exactly what the loader would
+give them without decoding every file again each epoch, and level 1 is built from memory.
+
 Training samples are cached as ``V`` views: view ``v`` of sample ``i`` is the loader's
 reproducible augmentation view ``v`` (``loader.set_view(v)``). Epoch ``e`` draws one view per
 sample from ``(seed, e)`` and visits the samples in the order the training loader itself uses
@@ -30,6 +35,7 @@ This module knows torch and the cache; the model is read through the ``Blockwise
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +51,7 @@ from phasenets.cache.fileformat import CacheFormatError
 from phasenets.cache.fingerprint import cache_fingerprint
 from phasenets.cache.spec import CacheSpec
 from phasenets.cache.storage import copy_to_device
-from phasenets.cache.tiers import Placement, Tier, format_bytes
+from phasenets.cache.tiers import CacheTierError, Placement, Tier, format_bytes
 
 __all__ = ["CachedFeatures", "FeatureLevels", "LevelSettings", "SplitFeed", "default_cache_views"]
 
@@ -84,6 +90,10 @@ class LevelSettings:
     dtype: str
     placement: Placement
     shared: bool = False
+    images: bool = False  # keep level 0 (the images) too: only exact (unaugmented), only in memory
+
+
+IMAGE_DTYPE = "fp32"  # level 0's storage: the loader's own values, so reading it changes no bit of training
 
 
 @dataclass(frozen=True)
@@ -193,19 +203,34 @@ class FeatureLevels:
         self.rank_tag = rank_tag
         self.info = info
         self.show_progress = show_progress
-        self.level = 0  # the level held in self.caches (0: none)
+        self.level: int | None = None  # the level held in self.caches (None: none)
         self.caches: dict[str, FeatureCache] = {}
         self.builds = 0  # caches built (a reused committed file does not count)
         self.reuses = 0
 
     # ------------------------------------------------------------------ reading
 
+    @functools.cached_property
+    def keeps_images(self) -> bool:
+        """Whether level 0 is cached: ``settings.images`` asks for it, and the images of every
+        split fit in memory (device or host, within the placement's budget and headroom). Where
+        they do not, the phases that train block 1 read the loader, as without a cache."""
+        if not self.settings.images:
+            return False
+        nbytes = sum(CacheSpec(len(feed.labels), self.model.input_shape, 1, IMAGE_DTYPE).nbytes
+                     for feed in self.feeds.values())
+        try:
+            return self.settings.placement.tier_for(nbytes) in (Tier.CUDA, Tier.HOST)
+        except CacheTierError:
+            return False
+
     def features(self, split: str, level: int,
                  report: Callable[[float, float], None] | None = None) -> CachedFeatures:
         """The output of blocks ``1..level`` for every sample of ``split``, batched as the
         training loop batches it; the level is built (or reused) on first request."""
-        if level < 1:
-            raise ValueError(f"level 0 is the images themselves; cached levels start at 1, got {level}")
+        if level < 0 or (level == 0 and not self.keeps_images):
+            raise ValueError(f"level {level} is not cached: levels start at 1, or at 0 (the images) where "
+                             "keeps_images says so")
         self._advance_to(level)
         feed = self.feeds[split]
         return CachedFeatures(self.caches[split], feed.labels, feed.make_sampler(), self.device, seed=self.seed,
@@ -225,8 +250,11 @@ class FeatureLevels:
         """Level ``level`` of ``split``: the committed file of its fingerprint where there is one,
         else built by block ``level`` from level ``level - 1`` (``_fill``)."""
         feed = self.feeds[split]
-        spec = CacheSpec(len(feed.labels), self.model.block_output_shapes[level - 1],
-                         self.settings.views if feed.augmented else 1, self.settings.dtype)
+        if level == 0:
+            spec = CacheSpec(len(feed.labels), self.model.input_shape, 1, IMAGE_DTYPE)
+        else:
+            spec = CacheSpec(len(feed.labels), self.model.block_output_shapes[level - 1],
+                             self.settings.views if feed.augmented else 1, self.settings.dtype)
         fingerprint = self._fingerprint(level, split, spec)
         # named by its fingerprint: runs that differ (a seed, a weight) keep files of their own in a
         # shared folder, and identical runs find each other's
@@ -234,7 +262,8 @@ class FeatureLevels:
         started = time.perf_counter()
         tier = self.settings.placement.tier_for(spec.nbytes)
         builds = self.builds
-        if tier is Tier.DISK or self.settings.shared:
+        # level 0 stays in memory (keeps_images): decoded pixels on disk would outweigh the files
+        if level > 0 and (tier is Tier.DISK or self.settings.shared):
             cache = FeatureCache.open_or_build(lambda new: self._fill(new, level, split),
                                                cache_dir=self.settings.placement.cache_dir, fingerprint=fingerprint,
                                                name=name, spec=spec, tier=tier)
@@ -243,8 +272,8 @@ class FeatureLevels:
                                                                                            tier, level, split)
         reused = self.builds == builds
         self.reuses += reused
-        self.info("level %d cache (%s): %s tier, %d samples x %d view(s) in %s, %s, %s in %.1fs", level,
-                  self._part(split), cache.tier.value, spec.num_samples, spec.views, spec.dtype,
+        self.info("level %d cache (%s%s): %s tier, %d samples x %d view(s) in %s, %s, %s in %.1fs", level,
+                  "the images, " if level == 0 else "", self._part(split), cache.tier.value, spec.num_samples, spec.views, spec.dtype,
                   format_bytes(cache.nbytes), "reused" if reused else "built", time.perf_counter() - started)
         return cache
 
@@ -270,13 +299,21 @@ class FeatureLevels:
 
     @torch.no_grad()
     def _fill(self, cache: FeatureCache, level: int, split: str) -> None:
-        """One streaming pass of block ``level`` over every view of level ``level - 1``.
+        """One streaming pass of block ``level`` over every view of level ``level - 1``; level 0:
+        the images, as the loader makes them.
 
         One block at a time, whatever level the run starts from (a resumed run, a reused frozen
         prefix): each level is rounded to the storage dtype before the next block reads it, so a
         fingerprint names the same values however the run got there.
         """
         self.builds += 1
+        if level == 0:
+            with tqdm(total=len(self.feeds[split].labels), desc=f"caching the images ({split})", unit="img",
+                      leave=False, disable=not self.show_progress) as bar:
+                for images, indices, view in self._images(split, cache.views):
+                    cache.write(indices, images, view=view)
+                    bar.update(len(indices))
+            return
         block = self.model.blocks[level - 1]
         mode = block.training
         block.eval()  # a frozen block: batch-norm statistics are used, never updated
@@ -297,13 +334,14 @@ class FeatureLevels:
 
     @contextlib.contextmanager
     def _inputs_of(self, level: int, split: str) -> Iterator[FeatureCache | None]:
-        """What block ``level`` reads to build its level: None for the images (level 1), the
-        level held now, or else level ``level - 1`` opened or built for the purpose and released
+        """What block ``level`` reads to build its level: the level held now where it is level
+        ``level - 1`` (the images, for level 1, where they are kept), None for the images read
+        from the loader, or else level ``level - 1`` opened or built for the purpose and released
         once read."""
-        if level == 1:
-            yield None
-        elif self.level == level - 1:
+        if self.level == level - 1:
             yield self.caches[split]
+        elif level == 1:
+            yield None
         else:
             previous = self._level_cache(level - 1, split)
             try:
@@ -346,4 +384,4 @@ class FeatureLevels:
         """Release every cache held (disk files stay for reuse)."""
         for cache in self.caches.values():
             cache.close()
-        self.caches, self.level = {}, 0
+        self.caches, self.level = {}, None

@@ -3,8 +3,9 @@
 :class:`ImageFeed` says how this process reads each split's images (its shard, the model's input
 size and channels, normalization, augmentation, batching) and makes the loaders; :class:`PhaseInputs`
 hands each phase a feature source: level ``k`` of the feature cache for a phase whose first ``k``
-blocks are frozen (``phasenets.cache.FeatureLevels`` builds it), or the images run through the
-frozen blocks every epoch where there is no cache (``FrozenPrefixSource``). The loop sees only
+blocks are frozen (``phasenets.cache.FeatureLevels`` builds it; level 0, the decoded images, where
+they are not augmented and fit in memory), or the images run through the frozen blocks every epoch
+where there is no cache (``FrozenPrefixSource``). The loop sees only
 sources: iterables of ``(inputs, labels, indices)`` with ``len()`` and ``set_epoch``.
 """
 from __future__ import annotations
@@ -146,7 +147,7 @@ class PhaseInputs:
         config, dist = images.config, images.dist
         loaders = {split: images.loader(split) for split in SPLITS if images.data.split(split)}
         levels = None
-        if _caching(config.cache, plan, info):
+        if config.cache != "off":
             # the test split is read through the cache only by the per-phase test passes of --use-test
             feeds = {split: images.split_feed(split, type(loader).__name__) for split, loader in loaders.items()
                      if split != "test" or config.use_test}
@@ -159,20 +160,25 @@ class PhaseInputs:
                 local_processes=dist.local_world_size, gpu=dist.device.type == "cuda",
             )
             # the most epochs a phase reading the cache takes: a view per epoch at most
-            cached_epochs = max(phase.max_epochs for phase in plan if phase.frozen_prefix > 0)
+            cached_epochs = max((phase.max_epochs for phase in plan if phase.frozen_prefix > 0), default=1)
             settings = LevelSettings(views=config.cache_views or default_cache_views(augmenting, cached_epochs),
                                      dtype=config.cache_dtype, placement=placement,
-                                     shared=config.cache_dir is not None)
+                                     shared=config.cache_dir is not None, images=not augmenting)
             levels = FeatureLevels(model, feeds, settings, dist.device, autocast=precision.autocast, seed=config.seed,
                                    rank_tag=dist.rank_tag, info=info,
                                    show_progress=dist.is_main and sys.stdout.isatty())
+            if not any(phase.frozen_prefix > 0 for phase in plan) and not levels.keeps_images:
+                why = ("augmented" if augmenting else "kept in memory only, never on disk" if config.cache == "disk"
+                       else "too large for memory")
+                _no_cache(config.cache, why, info)
+                levels = None
         return cls(loaders, model, levels, precision)
 
     def source(self, split: str, phase: Phase):
         """Phase ``phase``'s inputs from ``split``: its frozen prefix's outputs read from a level
         cache where there is one, else computed from the images every epoch."""
         level = phase.frozen_prefix
-        if self.levels is None or level == 0:
+        if self.levels is None or (level == 0 and not self.levels.keeps_images):
             return FrozenPrefixSource(self.loaders[split], self.model, level, self.precision.device,
                                       self.precision.autocast)
         report = functools.partial(self._record_wait, phase.name) if split == "train" else None
@@ -208,15 +214,11 @@ class PhaseInputs:
             self.levels.close()
 
 
-def _caching(mode: str, plan: list[Phase], info: Callable[..., None]) -> bool:
-    """Whether the run keeps level caches: not with ``--cache off``, nor where no phase has a
-    frozen prefix (``auto`` then says so; a forced tier is an error)."""
-    if mode == "off":
-        return False
-    if any(phase.frozen_prefix > 0 for phase in plan):
-        return True
-    reason = "no phase has a frozen prefix (standard and progressive schedules train every block)"
+def _no_cache(mode: str, images: str, info: Callable[..., None]) -> None:
+    """Say why a run keeps no cache at all: no phase has a frozen prefix and its images are not
+    kept either (``images``: why); ``auto`` then says so, a forced tier is an error."""
+    reason = (f"no phase has a frozen prefix (standard and progressive schedules train every block) and the "
+              f"training images are {images}")
     if mode != "auto":
         raise ConfigError(f"cache={mode!r} cannot be used: {reason}; use --cache off or auto")
     info("feature cache off: %s", reason)
-    return False

@@ -51,7 +51,7 @@ def test_fp32_cache_trains_like_recomputing(tiny_data, tmp_path, recomputed):
     # Same samples, same order, same batches, same features: only float rounding could differ (a
     # conv kernel may pick another algorithm for another batch make-up). On CPU it is bitwise.
     _, cached = _fit(tiny_data, tmp_path / "host", cache="host", cache_dtype="fp32")
-    assert cached.cache.builds == 2 * 2  # levels 1 and 2 of train and validation (test unused)
+    assert cached.cache.builds == 3 * 2  # levels 0 (the images), 1 and 2 of train and validation (test unused)
     assert _losses(cached) == pytest.approx(_losses(recomputed[1]), rel=1e-6)
     reference = recomputed[1].model.state_dict()
     for name, value in cached.model.state_dict().items():
@@ -108,18 +108,38 @@ def test_resume_reuses_the_disk_cache_and_a_changed_weight_rebuilds(tiny_data, t
     assert (changed.cache.builds, changed.cache.reuses) == (4, 0)
 
 
-def test_auto_stays_off_without_a_frozen_prefix(tiny_data, tmp_path):
-    _, result = _fit(tiny_data, tmp_path / "standard", schedule="standard", max_epochs=1)
-    assert not result.cache.enabled and result.cache.builds == 0
-    with pytest.raises(ConfigError, match="no phase has a frozen prefix"):
-        _fit(tiny_data, tmp_path / "forced", schedule="progressive", cache="host", max_epochs=1)
+def test_a_standard_run_reads_its_images_from_memory_and_trains_as_from_the_loader(tiny_data, tmp_path):
+    # level 0 holds the loader's float32 images: the same batches, bit for bit, without decoding each epoch
+    _, from_loader = _fit(tiny_data, tmp_path / "off", schedule="standard", max_epochs=3, cache="off")
+    _, cached = _fit(tiny_data, tmp_path / "auto", schedule="standard", max_epochs=3)
+    assert cached.cache.enabled and cached.cache.builds == 2  # train and validation images
+    assert set(cached.cache.wait_fractions) == {"standard"}
+    assert _losses(cached) == _losses(from_loader)
+    reference = from_loader.model.state_dict()
+    assert all(torch.equal(value, reference[name]) for name, value in cached.model.state_dict().items())
+
+
+def test_auto_stays_off_where_the_images_cannot_be_kept(tiny_data, tmp_path):
+    _, augmented = _fit(tiny_data, tmp_path / "augmented", schedule="standard", augment="light", max_epochs=1)
+    assert not augmented.cache.enabled and augmented.cache.builds == 0
+    with pytest.raises(ConfigError, match="no phase has a frozen prefix .* images are augmented"):
+        _fit(tiny_data, tmp_path / "forced", schedule="progressive", cache="host", augment="light", max_epochs=1)
+    with pytest.raises(ConfigError, match="images are kept in memory only"):
+        _fit(tiny_data, tmp_path / "disk", schedule="standard", cache="disk", max_epochs=1)
+    # over the memory budget: a phase-wise run still caches the later levels, phase 1 reads the loader
+    setup, small = _fit(tiny_data, tmp_path / "budget", cache_budget_gb=1e-5, cache_dir=str(tmp_path / "files"),
+                        max_epochs=1)
+    assert not setup.inputs.levels.keeps_images and isinstance(setup.inputs.source("train", setup.plan[0]),
+                                                               FrozenPrefixSource)
+    assert small.cache.builds == 4 and set(small.cache.wait_fractions) == {"phase 2", "phase 3"}
+    setup.inputs.close()
 
 
 def test_auto_caches_a_phasewise_run(tiny_data, tmp_path):
     _, result = _fit(tiny_data, tmp_path / "auto", max_epochs=1)
-    assert result.cache.enabled and result.cache.builds == 4
+    assert result.cache.enabled and result.cache.builds == 6  # levels 0 (the images), 1 and 2
     assert not (tmp_path / "auto" / "cache").exists()  # small enough for RAM: no file written
-    assert set(result.cache.wait_fractions) == {"phase 2", "phase 3"}
+    assert set(result.cache.wait_fractions) == {"phase 1", "phase 2", "phase 3"}
 
 
 def test_augmented_views_are_the_loader_views(tiny_data, tmp_path):
@@ -156,12 +176,13 @@ def test_runs_sharing_a_cache_dir_reuse_what_is_the_same_and_keep_apart_what_is_
     levels go through the shared files), and a run with another seed keeps files of its own
     instead of overwriting the first run's (their names carry the fingerprint)."""
     shared = tmp_path / "shared"
+    # the images (level 0, train and validation) stay in each run's memory: never a shared file
     _, first = _fit(tiny_data, tmp_path / "a", cache="host", cache_dir=str(shared), max_epochs=1)
-    assert (first.cache.builds, first.cache.reuses) == (4, 0) and len(list(shared.glob("*.pncache"))) == 4
+    assert (first.cache.builds, first.cache.reuses) == (2 + 4, 0) and len(list(shared.glob("*.pncache"))) == 4
     _, same = _fit(tiny_data, tmp_path / "b", cache="host", cache_dir=str(shared), max_epochs=1)
-    assert (same.cache.builds, same.cache.reuses) == (0, 4)
+    assert (same.cache.builds, same.cache.reuses) == (2, 4)
     _, other = _fit(tiny_data, tmp_path / "c", cache="host", cache_dir=str(shared), max_epochs=1, seed=1)
-    assert (other.cache.builds, other.cache.reuses) == (4, 0) and len(list(shared.glob("*.pncache"))) == 8
+    assert (other.cache.builds, other.cache.reuses) == (2 + 4, 0) and len(list(shared.glob("*.pncache"))) == 8
     _, again = _fit(tiny_data, tmp_path / "d", cache="host", cache_dir=str(shared), max_epochs=1)
-    assert (again.cache.builds, again.cache.reuses) == (0, 4)
+    assert (again.cache.builds, again.cache.reuses) == (2, 4)
     assert not list(shared.glob("*.lock")) and not list(shared.glob("*partial*"))

@@ -211,8 +211,8 @@ def test_two_processes_match_one_process_at_the_same_global_batch(full_batch_dat
         torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-5, msg=name)
     records = read_records(tmp_path / "records")
     for record in records:
-        # auto cached each rank's shard: levels 1 and 2 of train and validation
-        assert record["cache"] == {"enabled": True, "builds": 4, "reuses": 0}
+        # auto cached each rank's shard: levels 0 (the images), 1 and 2 of train and validation
+        assert record["cache"] == {"enabled": True, "builds": 6, "reuses": 0}
         assert record["final"]["count"] == 12  # the validation split, each image once
         assert record["final"]["confusion_matrix"] == single.final["confusion_matrix"]
         assert record["final"]["loss"] == pytest.approx(single.final["loss"], rel=1e-5)
@@ -316,7 +316,7 @@ def test_two_processes_train_from_their_caches_as_without_one(odd_data, tmp_path
         job, _ = run_job(spec, tmp_path)
         assert job.returncode == 0, job.stdout + job.stderr
     cached, recomputed = read_records(tmp_path / "host"), read_records(tmp_path / "off")
-    assert [record["cache"]["builds"] for record in cached] == [4, 4]  # levels 1, 2 of train, validation
+    assert [record["cache"]["builds"] for record in cached] == [6, 6]  # levels 0-2 of train, validation
     assert [record["cache"]["enabled"] for record in recomputed] == [False, False]
     for with_cache, without in zip(cached, recomputed):
         assert with_cache["final"]["confusion_matrix"] == without["final"]["confusion_matrix"]
