@@ -273,8 +273,9 @@ class FeatureLevels:
         reused = self.builds == builds
         self.reuses += reused
         self.info("level %d cache (%s%s): %s tier, %d samples x %d view(s) in %s, %s, %s in %.1fs", level,
-                  "the images, " if level == 0 else "", self._part(split), cache.tier.value, spec.num_samples, spec.views, spec.dtype,
-                  format_bytes(cache.nbytes), "reused" if reused else "built", time.perf_counter() - started)
+                  "the images, " if level == 0 else "", self._part(split), cache.tier.value, spec.num_samples,
+                  spec.views, spec.dtype, format_bytes(cache.nbytes), "reused" if reused else "built",
+                  time.perf_counter() - started)
         return cache
 
     def _open_committed(self, name: str, fingerprint: str, tier: Tier) -> FeatureCache | None:
