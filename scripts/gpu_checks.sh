@@ -13,7 +13,8 @@
 #     GradScaler, and one under torchrun --nproc_per_node=1, which must use the NCCL backend;
 #  6. the GPU benchmarks G1, G3 and T1 (benchmarks/test_gpu.py) and their RESULTS.md;
 #  7. T2 on the GPU: AlexNet at 224 px with bf16 autocast, 2 epochs per phase, phase-wise reading
-#     a cuda-tier cache, phase-wise recomputing (--cache off), and standard training; their wall
+#     a cuda-tier cache, phase-wise recomputing (--cache off), and standard training (which keeps
+#     its images on the GPU, as the cached run's phase 1 does: level 0 of the cache); their wall
 #     times and test accuracies go to t2-gpu.json and t2-gpu.md, with the GPU model.
 #
 # Logs and results go to $OUT when it is set (the device tool's folder that comes back), else to
@@ -82,7 +83,7 @@ declare -A RUN_ARGS=(
     [torchrun-nccl]="--schedule standard --amp bf16 --max-epochs 1 --cache off"
     [phasewise-cache-cuda]="--schedule phasewise --amp bf16 --max-epochs 2 --cache cuda"
     [phasewise-recompute]="--schedule phasewise --amp bf16 --max-epochs 2 --cache off"
-    [standard]="--schedule standard --amp bf16 --max-epochs 2 --cache off"
+    [standard]="--schedule standard --amp bf16 --max-epochs 2 --cache auto"  # its images kept on the GPU, as phase 1's are
 )
 T2_RUNS=(phasewise-cache-cuda standard phasewise-recompute)  # T2 needs the first two
 

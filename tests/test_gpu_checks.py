@@ -41,7 +41,7 @@ def _summary(schedule: str, cache: str, seconds: float, accuracy: float, phases:
 def test_t2_report_judges_the_cached_run_against_standard_training(tmp_path):
     runs = {"phasewise-cache-cuda": _summary("phasewise", "cuda", 30.0, 0.71, 5),
             "phasewise-recompute": _summary("phasewise", "off", 45.0, 0.70, 5),
-            "standard": _summary("standard", "off", 40.0, 0.65, 1)}
+            "standard": _summary("standard", "auto", 40.0, 0.65, 1)}
     for name, summary in runs.items():
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "summary.json").write_text(json.dumps(summary))
