@@ -217,8 +217,7 @@ class FeatureLevels:
         they do not, the phases that train block 1 read the loader, as without a cache."""
         if not self.settings.images:
             return False
-        nbytes = sum(CacheSpec(len(feed.labels), self.model.input_shape, 1, IMAGE_DTYPE).nbytes
-                     for feed in self.feeds.values())
+        nbytes = sum(self._spec(0, split).nbytes for split in self.feeds)
         try:
             return self.settings.placement.tier_for(nbytes) in (Tier.CUDA, Tier.HOST)
         except CacheTierError:
@@ -249,12 +248,7 @@ class FeatureLevels:
     def _level_cache(self, level: int, split: str) -> FeatureCache:
         """Level ``level`` of ``split``: the committed file of its fingerprint where there is one,
         else built by block ``level`` from level ``level - 1`` (``_fill``)."""
-        feed = self.feeds[split]
-        if level == 0:
-            spec = CacheSpec(len(feed.labels), self.model.input_shape, 1, IMAGE_DTYPE)
-        else:
-            spec = CacheSpec(len(feed.labels), self.model.block_output_shapes[level - 1],
-                             self.settings.views if feed.augmented else 1, self.settings.dtype)
+        spec = self._spec(level, split)
         fingerprint = self._fingerprint(level, split, spec)
         # named by its fingerprint: runs that differ (a seed, a weight) keep files of their own in a
         # shared folder, and identical runs find each other's
@@ -262,8 +256,9 @@ class FeatureLevels:
         started = time.perf_counter()
         tier = self.settings.placement.tier_for(spec.nbytes)
         builds = self.builds
-        # level 0 stays in memory (keeps_images): decoded pixels on disk would outweigh the files
-        if level > 0 and (tier is Tier.DISK or self.settings.shared):
+        if level == 0:  # only ever in memory (keeps_images): decoded pixels on disk would outweigh the files
+            cache = self._build_in_memory(spec, fingerprint, tier, level, split)
+        elif tier is Tier.DISK or self.settings.shared:
             cache = FeatureCache.open_or_build(lambda new: self._fill(new, level, split),
                                                cache_dir=self.settings.placement.cache_dir, fingerprint=fingerprint,
                                                name=name, spec=spec, tier=tier)
@@ -277,6 +272,15 @@ class FeatureLevels:
                   spec.views, spec.dtype, format_bytes(cache.nbytes), "reused" if reused else "built",
                   time.perf_counter() - started)
         return cache
+
+    def _spec(self, level: int, split: str) -> CacheSpec:
+        """What level ``level`` of ``split`` holds: the images in float32 (level 0), else block
+        ``level``'s output in the storage dtype, ``views`` of each sample where the split is augmented."""
+        feed = self.feeds[split]
+        if level == 0:
+            return CacheSpec(len(feed.labels), self.model.input_shape, 1, IMAGE_DTYPE)
+        return CacheSpec(len(feed.labels), self.model.block_output_shapes[level - 1],
+                         self.settings.views if feed.augmented else 1, self.settings.dtype)
 
     def _open_committed(self, name: str, fingerprint: str, tier: Tier) -> FeatureCache | None:
         """The committed file of this fingerprint under cache_dir (a resumed run's, or another
