@@ -37,6 +37,7 @@ def read_run(run_dir: Path, step: dict[str, str] | None) -> dict:
     config = summary["config"]
     record.update({
         "schedule": config["schedule"], "cache": config["cache"], "cache_dtype": config["cache_dtype"],
+        "augment": config.get("augment", "none"),
         "amp": config["amp"], "image_size": config["image_size"], "batch_size": config["batch_size"],
         "max_epochs": config["max_epochs"], "phases": len(summary["phases"]),
         "epochs": sum(phase["epochs"] for phase in summary["phases"]),
@@ -79,15 +80,27 @@ def markdown(report: dict) -> str:
         if "train_seconds" not in run:
             lines.append(f"| {name} | | | | | | | | {run['status']} | {_number(run['wall_seconds'])} | | |")
             continue
-        cache = run["cache"] if run["cache"] == "off" else f"{run['cache']} ({run['cache_dtype']})"
         lines.append(
-            f"| {name} | {run['schedule']} | {cache} | {run['amp']} | {run['image_size']} | {run['batch_size']} | "
+            f"| {name} | {run['schedule']} | {cache_label(run)} | {run['amp']} | {run['image_size']} | {run['batch_size']} | "
             f"{run['phases']} | {run['epochs']} | {run['status']} | {_number(run['wall_seconds'])} | "
             f"{run['train_seconds']:.1f} | {run['final_accuracy']:.3f} ({run['final_split']}) |")
     verdict = "not judged" if t2["met"] is None else ("met" if t2["met"] else "NOT met")
     ratio = "n/a" if t2["ratio"] is None else f"{t2['ratio']:.2f}x"
     lines += ["", f"**T2**: {ratio} (target <= {t2['target']:.1f}x): {verdict}; {t2['note']}.", ""]
     return "\n".join(lines)
+
+
+def cache_label(run: dict) -> str:
+    """What the run kept in its feature cache: the decoded images (level 0, always float32, only
+    when they are not augmented) and, phase-wise, the frozen blocks' outputs in ``cache_dtype``."""
+    from phasenets.cache.levels import IMAGE_DTYPE
+
+    if run["cache"] == "off":
+        return "off"
+    kept = [f"features {run['cache_dtype']}"] if run["schedule"] != "standard" else []
+    if run.get("augment", "none") == "none":
+        kept.append(f"images {IMAGE_DTYPE}")
+    return f"{run['cache']} ({', '.join(kept)})" if kept else f"{run['cache']} (nothing to keep)"
 
 
 def _number(value: float | None) -> str:

@@ -60,5 +60,8 @@ def test_t2_report_judges_the_cached_run_against_standard_training(tmp_path):
     assert report["runs"]["missing-run"] == {"status": "not run", "wall_seconds": None}
     assert report["device"]["gpu"]  # the GPU's name, or that there was none
     table = (tmp_path / "out" / "t2-gpu.md").read_text()
-    assert "| phasewise-cache-cuda | phasewise | cuda (fp16) | bf16 | 224 | 32 | 5 | 10 | ok | 41.5 | 30.0 | 0.710 (test) |" in table
+    assert ("| phasewise-cache-cuda | phasewise | cuda (features fp16, images fp32) | bf16 | 224 | 32 | 5 | 10 | ok | 41.5 | "
+            "30.0 | 0.710 (test) |") in table
+    assert "| standard | standard | auto (images fp32) |" in table
+    assert "| phasewise-recompute | phasewise | off |" in table
     assert "**T2**: 0.75x (target <= 1.0x): met" in table
