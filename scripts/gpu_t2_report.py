@@ -37,7 +37,7 @@ def read_run(run_dir: Path, step: dict[str, str] | None) -> dict:
     config = summary["config"]
     record.update({
         "schedule": config["schedule"], "cache": config["cache"], "cache_dtype": config["cache_dtype"],
-        "augment": config.get("augment", "none"),
+        "augment": config["augment"],
         "amp": config["amp"], "image_size": config["image_size"], "batch_size": config["batch_size"],
         "max_epochs": config["max_epochs"], "phases": len(summary["phases"]),
         "epochs": sum(phase["epochs"] for phase in summary["phases"]),
@@ -98,7 +98,7 @@ def cache_label(run: dict) -> str:
     if run["cache"] == "off":
         return "off"
     kept = [f"features {run['cache_dtype']}"] if run["schedule"] != "standard" else []
-    if run.get("augment", "none") == "none":
+    if run["augment"] == "none":
         kept.append(f"images {IMAGE_DTYPE}")
     return f"{run['cache']} ({', '.join(kept)})" if kept else f"{run['cache']} (nothing to keep)"
 

@@ -32,8 +32,8 @@ def test_gpu_checks_prepare_everything_then_stop_for_want_of_a_gpu(tmp_path):
 
 
 def _summary(schedule: str, cache: str, seconds: float, accuracy: float, phases: int) -> dict:
-    config = {"schedule": schedule, "cache": cache, "cache_dtype": "fp16", "amp": "bf16", "image_size": 224,
-              "batch_size": 32, "max_epochs": 2}
+    config = {"schedule": schedule, "cache": cache, "cache_dtype": "fp16", "augment": "none", "amp": "bf16",
+              "image_size": 224, "batch_size": 32, "max_epochs": 2}
     return {"config": config, "phases": [{"epochs": 2}] * phases, "seconds": seconds,
             "final": {"split": "test", "accuracy": accuracy}}
 
