@@ -36,8 +36,7 @@ def read_run(run_dir: Path, step: dict[str, str] | None) -> dict:
     summary = json.loads(summary_path.read_text())
     config = summary["config"]
     record.update({
-        "schedule": config["schedule"], "cache": config["cache"], "cache_dtype": config["cache_dtype"],
-        "augment": config["augment"],
+        "schedule": config["schedule"], "cache": cache_label(summary["cache"]),
         "amp": config["amp"], "image_size": config["image_size"], "batch_size": config["batch_size"],
         "max_epochs": config["max_epochs"], "phases": len(summary["phases"]),
         "epochs": sum(phase["epochs"] for phase in summary["phases"]),
@@ -81,7 +80,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | | | | | | | | {run['status']} | {_number(run['wall_seconds'])} | | |")
             continue
         lines.append(
-            f"| {name} | {run['schedule']} | {cache_label(run)} | {run['amp']} | {run['image_size']} | {run['batch_size']} | "
+            f"| {name} | {run['schedule']} | {run['cache']} | {run['amp']} | {run['image_size']} | {run['batch_size']} | "
             f"{run['phases']} | {run['epochs']} | {run['status']} | {_number(run['wall_seconds'])} | "
             f"{run['train_seconds']:.1f} | {run['final_accuracy']:.3f} ({run['final_split']}) |")
     verdict = "not judged" if t2["met"] is None else ("met" if t2["met"] else "NOT met")
@@ -90,17 +89,17 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def cache_label(run: dict) -> str:
-    """What the run kept in its feature cache: the decoded images (level 0, always float32, only
-    when they are not augmented) and, phase-wise, the frozen blocks' outputs in ``cache_dtype``."""
-    from phasenets.cache.levels import IMAGE_DTYPE
-
-    if run["cache"] == "off":
+def cache_label(cache: dict) -> str:
+    """What the run's feature cache held, from its summary's record: the tiers, and the images
+    (level 0) and frozen blocks' outputs (levels 1 and up) with their storage dtypes."""
+    if not cache["enabled"]:
         return "off"
-    kept = [f"features {run['cache_dtype']}"] if run["schedule"] != "standard" else []
-    if run["augment"] == "none":
-        kept.append(f"images {IMAGE_DTYPE}")
-    return f"{run['cache']} ({', '.join(kept)})" if kept else f"{run['cache']} (nothing to keep)"
+    levels = cache["levels"]
+    kept = [f"{what} {'/'.join(sorted({record['dtype'] for record in records}))}"
+            for what, records in (("features", [r for r in levels if r["level"] > 0]),
+                                  ("images", [r for r in levels if r["level"] == 0])) if records]
+    tiers = "/".join(sorted({record["tier"] for record in levels})) or "on"
+    return f"{tiers} ({', '.join(kept) or 'nothing kept'})"
 
 
 def _number(value: float | None) -> str:

@@ -8,7 +8,9 @@ stale; :class:`FeatureLevels` builds a phase-wise run's level caches one frozen 
 from phasenets.cache.feature_cache import CacheLockTimeout, FeatureCache
 from phasenets.cache.fileformat import FORMAT_VERSION, CacheFormatError
 from phasenets.cache.fingerprint import cache_fingerprint, dataset_manifest
-from phasenets.cache.levels import CachedFeatures, FeatureLevels, LevelSettings, SplitFeed, default_cache_views
+from phasenets.cache.levels import (
+    CachedFeatures, FeatureLevels, LevelRecord, LevelSettings, SplitFeed, default_cache_views,
+)
 from phasenets.cache.spec import STORAGE_DTYPES, CacheSpec
 from phasenets.cache.tiers import CACHE_MODES, TIERS, CacheTierError, Placement, Tier, choose_tier, format_bytes
 
@@ -22,6 +24,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FeatureCache",
     "FeatureLevels",
+    "LevelRecord",
     "LevelSettings",
     "Placement",
     "STORAGE_DTYPES",

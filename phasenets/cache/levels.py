@@ -53,7 +53,7 @@ from phasenets.cache.spec import CacheSpec
 from phasenets.cache.storage import copy_to_device
 from phasenets.cache.tiers import CacheTierError, Placement, Tier, format_bytes
 
-__all__ = ["CachedFeatures", "FeatureLevels", "LevelSettings", "SplitFeed", "default_cache_views"]
+__all__ = ["CachedFeatures", "FeatureLevels", "LevelRecord", "LevelSettings", "SplitFeed", "default_cache_views"]
 
 log = logging.getLogger("phasenets")
 
@@ -94,6 +94,20 @@ class LevelSettings:
 
 
 IMAGE_DTYPE = "fp32"  # level 0's storage: the loader's own values, so reading it changes no bit of training
+
+
+@dataclass(frozen=True)
+class LevelRecord:
+    """One level cache a run held: level ``level`` (0: the images) of ``split``, where it lived,
+    in what dtype, how many views and bytes, and whether it was reused from a committed file."""
+
+    level: int
+    split: str
+    tier: str
+    dtype: str
+    views: int
+    nbytes: int
+    reused: bool
 
 
 @dataclass(frozen=True)
@@ -207,6 +221,7 @@ class FeatureLevels:
         self.caches: dict[str, FeatureCache] = {}
         self.builds = 0  # caches built (a reused committed file does not count)
         self.reuses = 0
+        self.records: list[LevelRecord] = []  # every level cache held, in the order they were made
 
     # ------------------------------------------------------------------ reading
 
@@ -267,6 +282,7 @@ class FeatureLevels:
                                                                                            tier, level, split)
         reused = self.builds == builds
         self.reuses += reused
+        self.records.append(LevelRecord(level, split, cache.tier.value, spec.dtype, spec.views, cache.nbytes, reused))
         self.info("level %d cache (%s%s): %s tier, %d samples x %d view(s) in %s, %s, %s in %.1fs", level,
                   "the images, " if level == 0 else "", self._part(split), cache.tier.value, spec.num_samples,
                   spec.views, spec.dtype, format_bytes(cache.nbytes), "reused" if reused else "built",

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from phasenets.cache import FeatureLevels, LevelSettings, Placement, SplitFeed, dataset_manifest, default_cache_views
+from phasenets.cache import (
+    FeatureLevels, LevelRecord, LevelSettings, Placement, SplitFeed, dataset_manifest, default_cache_views,
+)
 from phasenets.data import AugmentConfig, DatasetSplits, Normalization, build_loader
 from phasenets.data.torch_loader import ShardedBatchSampler
 from phasenets.errors import ConfigError
@@ -118,11 +120,13 @@ class ImageFeed:
 @dataclass
 class CacheReport:
     """What the feature cache did in a run: whether it was used, how many level caches were built
-    and how many reused from disk, and per phase the share of training time spent waiting on it."""
+    and how many reused from disk, every level cache it held (``levels``: level 0 is the images),
+    and per phase the share of training time spent waiting on it."""
 
     enabled: bool
     builds: int = 0
     reuses: int = 0
+    levels: list[LevelRecord] = field(default_factory=list)
     wait_fractions: dict[str, float] = field(default_factory=dict)
 
 
@@ -206,7 +210,7 @@ class PhaseInputs:
             return CacheReport(enabled=False)
         fractions = {name: self.wait_fraction(name) for name in self._waits}
         return CacheReport(enabled=True, builds=self.levels.builds, reuses=self.levels.reuses,
-                           wait_fractions=fractions)
+                           levels=list(self.levels.records), wait_fractions=fractions)
 
     def close(self) -> None:
         """Release the level caches (disk files stay for reuse)."""

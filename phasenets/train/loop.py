@@ -386,15 +386,16 @@ def finish(setup: RunSetup, results: list[PhaseResult], started: float) -> Train
     checkpoint = setup.run_dir.final_checkpoint
     setup.info("final %s accuracy %.4f (%d images): %s at its best validation epoch (%d)", split, metrics.accuracy,
                metrics.count, last.name, last.best_epoch)
+    cache = setup.inputs.report()
     summary = {
         "config": setup.recorder.identity.config, "classes": classes,
         "model": asdict(setup.recorder.identity.model), "phases": [asdict(r) for r in results], "final": final,
-        "seconds": time.perf_counter() - started, "checkpoint": str(checkpoint),
+        "cache": asdict(cache), "seconds": time.perf_counter() - started, "checkpoint": str(checkpoint),
     }
     setup.recorder.save_final(setup.plan[-1], setup.model.state_dict(), summary, setup.phase_names)
     setup.dist.barrier()
     return TrainResult(setup.run_dir.path, classes, results, final, checkpoint, time.perf_counter() - started,
-                       setup.model, setup.inputs.report())
+                       setup.model, cache)
 
 
 def average_gradients(setup: RunSetup, module: nn.Module) -> None:

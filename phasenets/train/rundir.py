@@ -6,7 +6,8 @@ Layout (README "What a run leaves behind")::
       config.yaml          the resolved options; --resume reads them back
       preflight.json       the image check's report
       metrics.csv          one row per (phase, epoch, split)
-      summary.json         the finished run: phases, final metrics, per-class accuracy, confusion
+      summary.json         the finished run: phases, final metrics, per-class accuracy, confusion,
+                           the level caches it held (tier, dtype, size)
       accuracy.png         train/validation curves over all phases (loss.png likewise)
       tensorboard/         TensorBoard events, when tensorboard is installed
       checkpoints/

@@ -2,8 +2,10 @@
 disk caches reused by ``--resume``, anything stale rebuilt, ``auto`` off where it cannot pay."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -132,6 +134,9 @@ def test_auto_stays_off_where_the_images_cannot_be_kept(tiny_data, tmp_path):
     assert not setup.inputs.levels.keeps_images and isinstance(setup.inputs.source("train", setup.plan[0]),
                                                                FrozenPrefixSource)
     assert small.cache.builds == 4 and set(small.cache.wait_fractions) == {"phase 2", "phase 3"}
+    # the record says so: no level 0, and each later level where its size sent it (the budget is 10 KiB)
+    assert [(record.level, record.split, record.tier) for record in small.cache.levels] == [
+        (1, "train", "disk"), (1, "validation", "host"), (2, "train", "host"), (2, "validation", "host")]
     setup.inputs.close()
 
 
@@ -140,6 +145,12 @@ def test_auto_caches_a_phasewise_run(tiny_data, tmp_path):
     assert result.cache.enabled and result.cache.builds == 6  # levels 0 (the images), 1 and 2
     assert not (tmp_path / "auto" / "cache").exists()  # small enough for RAM: no file written
     assert set(result.cache.wait_fractions) == {"phase 1", "phase 2", "phase 3"}
+    # summary.json records every level cache held: the images in float32, then the blocks' outputs
+    recorded = json.loads((tmp_path / "auto" / "summary.json").read_text())["cache"]
+    assert recorded["builds"] == 6 and recorded["levels"] == [asdict(record) for record in result.cache.levels]
+    assert [(r["level"], r["split"], r["tier"], r["dtype"], r["reused"]) for r in recorded["levels"]] == [
+        (level, split, "host", "fp32" if level == 0 else "fp16", False)
+        for level in (0, 1, 2) for split in ("train", "validation")]
 
 
 def test_augmented_views_are_the_loader_views(tiny_data, tmp_path):
