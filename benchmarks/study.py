@@ -127,6 +127,7 @@ class StudySettings:
     precise_bn: bool = False  # re-estimate batch-norm statistics at each phase's end (TrainConfig.precise_bn)
     warmup_epochs: float = 1.0  # linear learning-rate warm-up at the start of every phase (TrainConfig.warmup_epochs)
     similarity_weight: float = 0.0  # PredSim's similarity term in the local loss (TrainConfig.similarity_weight)
+    prediction: str = "auto"  # what the trained network predicts with (TrainConfig.prediction)
     model_options: str = ""  # NAME=VALUE,... on top of MODEL_INPUTS' options (TrainConfig.model_options)
     # one input side for every model, the 28 px images upscaled to it (AlexNet's 227 px, as in the
     # paper, on a GPU); None: each model's own size in MODEL_INPUTS
@@ -148,7 +149,7 @@ DEFAULT_SETTINGS = asdict(StudySettings())
 # A setting added to the study after some records were made is missing from them, and those runs
 # trained as the study did before the setting existed: its default then, which is its default now
 # for every setting but these.
-SETTINGS_BEFORE_THEY_EXISTED = {"warmup_epochs": 0.0}
+SETTINGS_BEFORE_THEY_EXISTED = {"warmup_epochs": 0.0, "prediction": "network"}
 
 
 @dataclass(frozen=True)
@@ -456,8 +457,8 @@ def train_config(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySe
         finetune_epochs=_epochs_per_phase(spec, settings) if spec.schedule == "phasewise+finetune" else 0,
         finetune_lr_scale=settings.finetune_lr_scale, loader=settings.loader, num_workers=settings.num_workers,
         num_threads=settings.num_threads, cache_views=settings.cache_views, precise_bn=settings.precise_bn,
-        warmup_epochs=settings.warmup_epochs, similarity_weight=settings.similarity_weight, seed=spec.seed,
-        output=str(run_dir), tensorboard=False,
+        warmup_epochs=settings.warmup_epochs, similarity_weight=settings.similarity_weight,
+        prediction=settings.prediction, seed=spec.seed, output=str(run_dir), tensorboard=False,
     )
 
 
@@ -484,9 +485,13 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySetti
     result = PhaseTrainer(config, model=model).fit()
     seconds = time.perf_counter() - started
     resolved = json.loads((result.run_dir / "summary.json").read_text())["config"]
+    prediction = result.final["prediction"]
     return {
         **asdict(spec), "settings": asdict(settings),
         "test_accuracy": result.final["accuracy"], "test_images": result.final["count"],
+        # what the run predicted with, and what predicting the other way scores on the same test images
+        "prediction": prediction["chosen"], "prediction_validation": prediction["validation"],
+        "test_accuracy_other_prediction": _other_prediction_accuracy(result, data_dir, settings),
         "validation_accuracy": result.phases[-1].validation["accuracy"], "seconds": seconds,
         "phases": [{"name": p.name, "epochs": p.epochs, "best_epoch": p.best_epoch,
                     "validation_accuracy": p.validation["accuracy"], "seconds": p.seconds} for p in result.phases],
@@ -495,6 +500,23 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySetti
         "machine": machine_description(), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run_dir": str(result.run_dir), **({"time_budget": time_budget} if time_budget is not None else {}),
     }
+
+
+def _other_prediction_accuracy(result, data_dir: Path, settings: StudySettings) -> float | None:
+    """Test accuracy of ``result``'s network predicting the way its run did not choose (with its
+    classifier where it chose every phase's head, and the other way round); None for a network
+    without trained heads (a standard run)."""
+    from phasenets.train.curriculum import task_splits
+    from phasenets.train.evaluate import load_trained_model, score_samples
+
+    if result.final["prediction"]["validation"] is None and result.final["prediction"]["chosen"] == "network":
+        return None
+    model, trained = load_trained_model(result.checkpoint)
+    model.prediction = "network" if model.prediction == "heads" else "heads"
+    samples = task_splits(data_dir, trained.task).split("test")
+    tracker = score_samples(model, samples, trained.normalization, batch_size=256, loader=settings.loader,
+                            num_workers=settings.num_workers, device="cpu")
+    return tracker.compute().accuracy
 
 
 @contextlib.contextmanager
@@ -1011,6 +1033,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="linear learning-rate warm-up over the first epochs of every phase")
     parser.add_argument("--similarity-weight", type=float, default=defaults.similarity_weight,
                         help="PredSim's similarity-matching term in the local loss of the headed phases")
+    parser.add_argument("--prediction", default=defaults.prediction, choices=("auto", "network", "heads"),
+                        help="what a trained network predicts with: its classifier, the mean of every phase's head, "
+                             "or auto: the heads where they score at least the classifier's validation accuracy")
     parser.add_argument("--model-options", default=defaults.model_options,
                         help="NAME=VALUE,... options of the architectures, e.g. downsample=invertible for lenet5")
     parser.add_argument("--only-seeds", default=None, help="comma separated seeds to run instead of 0..--seeds-1")
@@ -1051,6 +1076,7 @@ def run_from_args(args: argparse.Namespace, program: str = "python benchmarks/ac
         loader=args.loader, num_workers=args.num_workers, num_threads=args.num_threads,
         cache_views=args.cache_views, precise_bn=args.precise_bn, image_size=args.image_size,
         warmup_epochs=args.warmup_epochs, similarity_weight=args.similarity_weight, model_options=args.model_options,
+        prediction=args.prediction,
     )
     seed_list = _int_list(args.only_seeds, "--only-seeds") if args.only_seeds else range(seeds)
     output = args.output or ("runs/accuracy-quick" if args.quick else "runs/accuracy")

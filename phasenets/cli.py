@@ -328,7 +328,7 @@ def _add_export(commands) -> argparse.ArgumentParser:
                         help="do not run the exported file against the checkpoint's network")
     parser.add_argument("--include-aux-heads", action="store_true",
                         help="safetensors: keep the auxiliary heads' weights (the full training state) "
-                             "[default: the inference network only]")
+                             "[default: what inference runs; the heads too for a network that predicts with them]")
     return parser
 
 

@@ -22,7 +22,7 @@ from phasenets.data import LOADER_KINDS
 from phasenets.data.transforms import AUGMENT_PRESETS, NORMALIZATION_MODES
 from phasenets.errors import ConfigError
 from phasenets.models import list_models
-from phasenets.models.blockwise import DEFAULT_HEAD, HEAD_KINDS
+from phasenets.models.blockwise import DEFAULT_HEAD, HEAD_KINDS, PREDICTIONS
 from phasenets.train import distributed, early_stopping, optim, plan, precision, preflight
 from phasenets.train.plan import block_lr_multipliers
 
@@ -39,6 +39,7 @@ AMP_MODES = precision.AMP_MODES
 LOADERS = LOADER_KINDS
 NORMALIZATIONS = NORMALIZATION_MODES
 HEADS = HEAD_KINDS
+PREDICTION_CHOICES = ("auto", *PREDICTIONS)
 MONITORS = early_stopping.MONITORS
 DEVICES = distributed.DEVICES
 CACHE_DTYPES = tuple(STORAGE_DTYPES)
@@ -141,6 +142,12 @@ class TrainConfig:
         0, "after the last phase, one more phase of this many epochs with every block unfrozen", group="plan"
     )
     finetune_lr_scale: float = _option(0.1, "learning-rate factor of the fine-tuning phase", group="plan")
+    prediction: str = _option(
+        "auto", "what the trained network predicts with: network: its own classifier; heads: the mean of the "
+        "class probabilities of every phase's head (the auxiliary heads and the classifier); auto: heads where "
+        "the run trained them and they score at least the network's validation accuracy",
+        choices=PREDICTION_CHOICES, group="plan",
+    )
     progressive_lr_decay: float = _option(
         0.5, "progressive schedule: each block older than the newest trains at this factor times the next one's lr",
         group="plan"
@@ -338,6 +345,9 @@ class TrainConfig:
         _check(self.lr_step_size > 0, f"lr_step_size must be positive, got {self.lr_step_size}")
         for name in ("finetune_lr_scale", "progressive_lr_decay", "lr_gamma"):
             _check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _check(self.prediction != "heads" or self.schedule != "standard",
+               "prediction=heads needs the auxiliary heads a phase-wise or progressive run trains; the standard "
+               "schedule trains none (use network or auto)")
         self._validate_transfer()
         _check(
             self.start_phase == 1 or self.ckpt_dir is not None or self.resume is not None,

@@ -10,13 +10,17 @@ normalized) to ``logits [N, num_classes]``.
   ``onnx`` and ``onnxscript`` packages). The batch dimension is dynamic (named ``batch``); the
   channels and image size are fixed. This is the route to edge accelerators (TensorRT, OpenVINO,
   ONNX Runtime). The exporter's own progress messages and warnings are kept off the console.
-- ``torchscript``: ``torch.jit.trace`` of the network's blocks in eval mode (the auxiliary heads,
-  which inference never runs, are left out); any batch size works. Recent
+- ``torchscript``: ``torch.jit.trace`` of the network in eval mode; any batch size works. Recent
   torch marks TorchScript deprecated (its own warnings are silenced here, since the format was
   asked for by name); ONNX is the format to prefer for new deployments.
 - ``safetensors``: the state dict; `load_safetensors_model` rebuilds the network from it. By
-  default only what inference runs: the blocks, without the auxiliary heads that only phase-wise
-  training uses (``include_aux_heads=True`` keeps them, to go on training from the file).
+  default only what inference runs (``include_aux_heads=True`` keeps everything, to go on
+  training from the file).
+
+What inference runs is what the checkpoint's network predicts with (``BlockwiseNet.prediction``,
+chosen when its run ended): the blocks alone, or, for a network that predicts with every phase's
+head, the blocks and the auxiliary heads, the output then being the log of the heads' mean class
+probabilities.
 
 Files are written under a temporary name and renamed, so a crash never leaves half a file. With
 ``verify=True`` the exported file is loaded back and run against the checkpoint's network on a
@@ -94,9 +98,9 @@ def export_checkpoint(
                          "inference network only")
     metadata = _metadata(model, trained)
     if format == "safetensors":
-        metadata["aux_heads"] = include_aux_heads
+        metadata["aux_heads"] = include_aux_heads or model.prediction == "heads"
     writer = {"onnx": _write_onnx, "torchscript": _write_torchscript,
-              "safetensors": functools.partial(_write_safetensors, aux_heads=include_aux_heads)}[format]
+              "safetensors": functools.partial(_write_safetensors, aux_heads=metadata.get("aux_heads", False))}[format]
     write_atomically(out, lambda path: writer(model, path, json.dumps(metadata)))
     result = ExportResult(out, format)
     if verify:
@@ -110,8 +114,9 @@ def export_checkpoint(
 def load_safetensors_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network saved by ``export_checkpoint(..., "safetensors")``; returns (model, metadata).
 
-    From an inference export (the default, ``metadata["aux_heads"]`` false) the auxiliary heads
-    are freshly initialized: the network's output does not use them.
+    From an inference export of a network that predicts with its classifier alone
+    (``metadata["aux_heads"]`` false) the auxiliary heads are freshly initialized: the network's
+    output does not use them.
     """
     from safetensors import safe_open
 
@@ -143,7 +148,8 @@ def _metadata(model: nn.Module, trained: Checkpoint) -> dict[str, Any]:
         "model": dataclasses.asdict(trained.model), "classes": list(trained.classes),
         "normalization": trained.normalization,
         "input_shape": list(model.input_shape), "input": "images [N, C, H, W] float32, normalized",
-        "output": "logits [N, num_classes]",
+        "output": ("log of the mean class probabilities of every phase's head [N, num_classes]"
+                   if model.prediction == "heads" else "logits [N, num_classes]"),
     }
 
 
@@ -190,8 +196,8 @@ def _exporter_output_captured():
 
 
 class _Blocks(nn.Module):
-    """What inference runs: the blocks one after another, under the same parameter names
-    (``blocks.<k>. ...``) as in the checkpoint, without the auxiliary heads."""
+    """What a network predicting with its own classifier runs: the blocks one after another, under
+    the same parameter names (``blocks.<k>. ...``) as in the checkpoint, without the auxiliary heads."""
 
     def __init__(self, blocks: nn.ModuleList) -> None:
         super().__init__()
@@ -205,7 +211,8 @@ class _Blocks(nn.Module):
 
 def _write_torchscript(model: nn.Module, path: Path, metadata: str) -> None:
     with torch.no_grad(), _torchscript_deprecation_silenced():
-        traced = torch.jit.trace(_Blocks(model.blocks), _example(model))
+        inference = model if model.prediction == "heads" else _Blocks(model.blocks)
+        traced = torch.jit.trace(inference, _example(model))
         torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": metadata})
 
 

@@ -16,7 +16,7 @@ from phasenets.train.evaluate import load_trained_model
 CLASSES = ["cat", "dog", "fox"]
 
 
-def write_checkpoint(path, name="lenet5", **sizes):
+def write_checkpoint(path, name="lenet5", prediction="network", **sizes):
     """A checkpoint as the trainer writes it (model record, weights, classes, normalization)."""
     torch.manual_seed(0)
     model = build_model(name, len(CLASSES), **sizes)
@@ -27,7 +27,7 @@ def write_checkpoint(path, name="lenet5", **sizes):
             elif key.endswith("running_var"):
                 value.uniform_(0.5, 2.0)
     record = {"name": name, "num_classes": len(CLASSES), "in_channels": model.input_shape[0],
-              "image_size": model.input_shape[-1], "head": model.head_kind, "options": {}}
+              "image_size": model.input_shape[-1], "head": model.head_kind, "options": {}, "prediction": prediction}
     normalization = {"mean": [0.5] * model.input_shape[0], "std": [0.25] * model.input_shape[0]}
     return save_checkpoint(path, {"model_state": model.state_dict(), "model": record, "classes": CLASSES,
                                   "normalization": normalization})
@@ -124,6 +124,36 @@ def test_safetensors_with_the_auxiliary_heads(lenet_checkpoint, tmp_path):
         assert torch.equal(model.state_dict()[key], value), key
     with pytest.raises(ValueError, match="include_aux_heads applies to safetensors exports"):
         export_checkpoint(lenet_checkpoint, "onnx", tmp_path / "model.onnx", include_aux_heads=True)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_a_network_predicting_with_its_heads_exports_them(tmp_path):
+    # every format then runs the heads: the output is the log of their mean class probabilities
+    checkpoint = write_checkpoint(tmp_path / "final.pt", "resnet_cifar", prediction="heads", image_size=16)
+    model, _ = load_trained_model(checkpoint)
+    assert model.prediction == "heads"
+    images, expected = _reference(checkpoint, batch=5)
+    model.prediction = "network"
+    with torch.no_grad():
+        assert not torch.allclose(model(images), expected)  # the heads change the output
+    formats = ["torchscript"] + [name for name, needs in (("onnx", "onnxruntime"), ("safetensors", "safetensors"))
+                                 if _importable(needs)]
+    for format in formats:
+        result = export_checkpoint(checkpoint, format, tmp_path / f"model-{format}")
+        assert result.max_abs_diff < 1e-4, format
+    if "safetensors" in formats:
+        exported, metadata = load_safetensors_model(tmp_path / "model-safetensors")
+        assert metadata["aux_heads"] and metadata["output"].startswith("log of the mean class probabilities")
+        with torch.no_grad():
+            torch.testing.assert_close(exported(images), expected)
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def test_bad_requests(lenet_checkpoint, tmp_path):

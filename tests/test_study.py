@@ -69,6 +69,13 @@ def test_tiny_study_writes_results_table_and_plot_then_resumes(tmp_path, fashion
         assert record["seconds"] > 0 and record["command"].startswith("python benchmarks/accuracy.py --output")
     phasewise = next(record for record in records if record["schedule"] == "phasewise")
     assert [phase["name"] for phase in phasewise["phases"]] == [f"phase {k}" for k in range(1, 6)]
+    # what each run predicted with; a phase-wise run also scores the other way on the same test images
+    scores = phasewise["prediction_validation"]
+    assert phasewise["prediction"] == ("heads" if scores["heads"] >= scores["network"] else "network")
+    assert 0.0 <= phasewise["test_accuracy_other_prediction"] <= 1.0
+    standard = next(record for record in records if record["schedule"] == "standard")
+    assert (standard["prediction"], standard["prediction_validation"], standard["test_accuracy_other_prediction"]) == (
+        "network", None, None)
 
     report = (output / "ACCURACY.md").read_text()
     assert "| lenet5 | 2 | phasewise | 1 |" in report and "| lenet5 | 2 | standard | 1 |" in report
@@ -411,6 +418,14 @@ def test_a_record_from_before_the_warm_up_existed_ran_without_one():
     rows = summarize_results([{**_record(schedule="phasewise"), "settings": older},
                               {**_record(schedule="phasewise", seed=1), "settings": current}])
     assert [row.variant for row in rows] == ["", "warmup_epochs=0.0"]
+
+
+def test_a_record_from_before_prediction_existed_predicted_with_the_network():
+    spec = RunSpec("lenet5", 50, "phasewise", 0)
+    current = asdict(StudySettings())
+    older = {name: value for name, value in current.items() if name != "prediction"}
+    assert _record_key({**asdict(spec), "settings": older}) == _key(spec, asdict(StudySettings(prediction="network")))
+    assert _record_key({**asdict(spec), "settings": older}) != _key(spec, current)
 
 
 def test_unset_epochs_and_patience_are_the_trainers_for_the_subsets_epoch_length():

@@ -9,6 +9,7 @@ registers every architecture.
 from phasenets.models import alexnet, inception_v4, lenet, resnet, resnet_cifar, shathenet, vgg  # noqa: F401
 from phasenets.models.blockwise import (
     HEAD_KINDS,
+    PREDICTIONS,
     BlockShapeError,
     BlockwiseNet,
     ModelConfigError,
@@ -20,6 +21,7 @@ from phasenets.models.registry import ModelConfig, build_model, list_models, mod
 
 __all__ = [
     "HEAD_KINDS",
+    "PREDICTIONS",
     "BlockShapeError",
     "BlockwiseNet",
     "ModelConfig",

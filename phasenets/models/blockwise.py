@@ -8,6 +8,7 @@ with meta tensors: no real computation and no memory for activations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -38,6 +39,12 @@ SPATIAL_HEAD_CONVS = 2
 # a quarter of the side first, so the head's cost does not grow with the block's resolution, then
 # 1x1 convs (a per-position MLP) with BN, pool to 2x2 and a small MLP.
 MLP_SR_WIDTH = 128
+# What a trained BlockwiseNet's forward returns: "network", the last block's logits; "heads", the
+# log of the mean of every phase's class probabilities (each auxiliary head's and the network's).
+# The heads of a phase-wise run are classifiers trained on nested features, each early-stopped on
+# its own: averaging them is an ensemble the run has already paid for (ACCURACY.md, "Predicting
+# with every phase's head").
+PREDICTIONS = ("network", "heads")
 _PROBE_BATCH = 2  # batch norm in training mode needs more than one value per channel
 
 
@@ -202,6 +209,10 @@ class BlockwiseNet(nn.Module):
         config: the architecture's config dataclass (``None`` for custom nets); part of what
             identifies a model, e.g. in cache fingerprints.
 
+    ``prediction`` (one of `PREDICTIONS`, "network" when built) says what ``forward`` returns; the
+    trainer sets it when a run ends, and checkpoints record it. Training never calls ``forward``
+    with "heads": phases train through `phase_forward`.
+
     A frozen block has ``requires_grad=False`` and stays in eval mode through ``model.train()``, so
     its batch-norm statistics and dropout never change once its phase is over.
     """
@@ -234,6 +245,7 @@ class BlockwiseNet(nn.Module):
             build_aux_head(head, shape, self.num_classes) for shape in self._output_shapes[:-1]
         )
         self._frozen: set[int] = set()
+        self._prediction = "network"
 
     @classmethod
     def from_modules(
@@ -281,7 +293,30 @@ class BlockwiseNet(nn.Module):
         return self.input_shape if k == 1 else self._output_shapes[k - 2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prediction == "heads":
+            return self.heads_forward(x)
         return self.features(x, self.num_blocks)
+
+    @property
+    def prediction(self) -> str:
+        """What ``forward`` returns, one of `PREDICTIONS` (see the class docstring)."""
+        return self._prediction
+
+    @prediction.setter
+    def prediction(self, value: str) -> None:
+        if value not in PREDICTIONS:
+            raise ModelConfigError(f"prediction must be one of {', '.join(PREDICTIONS)}; got {value!r}")
+        self._prediction = value
+
+    def heads_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The log of the mean of every phase's class probabilities: each auxiliary head's on its
+        block's output, and the network's own. Log-probabilities are logits (softmax gives the
+        mean back), so losses and argmax read them as they read the network's."""
+        log_probs = []
+        for k, block in enumerate(self.blocks, start=1):
+            x = block(x)
+            log_probs.append(torch.log_softmax(self.head(k)(x).float(), dim=1))
+        return torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))
 
     def features(self, x: torch.Tensor, upto: int) -> torch.Tensor:
         """Output of blocks ``1..upto`` applied to ``x``; ``upto=0`` returns ``x`` unchanged."""

@@ -58,6 +58,7 @@ class ModelRecord:
     image_size: int
     head: str
     options: dict[str, Any] = field(default_factory=dict)
+    prediction: str = "network"  # BlockwiseNet.prediction: what forward returns (checkpoints before it: "network")
 
     @property
     def is_custom(self) -> bool:
@@ -70,8 +71,10 @@ class ModelRecord:
         if self.is_custom:
             raise CheckpointError("this checkpoint holds a custom network (BlockwiseNet.from_modules): build it "
                                   "in Python and load the checkpoint's model_state into it")
-        return build_model(self.name, self.num_classes, in_channels=self.in_channels, image_size=self.image_size,
-                           head=self.head, **self.options)
+        model = build_model(self.name, self.num_classes, in_channels=self.in_channels, image_size=self.image_size,
+                            head=self.head, **self.options)
+        model.prediction = self.prediction
+        return model
 
 
 @dataclass

@@ -369,6 +369,8 @@ def finish(setup: RunSetup, results: list[PhaseResult], started: float) -> Train
     """Evaluate the whole network (the last phase's best-validation weights) once, on the test
     split where there is one: that is the run's test score, the last phase's included. Then write
     the final checkpoint, the summary and the plots."""
+    prediction = choose_prediction(setup)
+    setup.model.prediction = prediction["chosen"]
     split = "test" if "test" in setup.inputs.loaders else "validation"
     tracker = evaluate(setup, setup.model, setup.inputs.images(split))
     metrics = tracker.compute()
@@ -376,6 +378,7 @@ def finish(setup: RunSetup, results: list[PhaseResult], started: float) -> Train
     last = results[-1]
     final = {
         "split": split, **metrics.as_dict(), "weights": {"phase": last.index, "best_epoch": last.best_epoch},
+        "prediction": prediction,
         "per_class_accuracy": dict(zip(classes, per_class_accuracy(tracker.confusion.cpu()))),
         "confusion_matrix": tracker.confusion.cpu().tolist(),
     }
@@ -384,18 +387,46 @@ def finish(setup: RunSetup, results: list[PhaseResult], started: float) -> Train
         setup.recorder.log_metrics(setup.plan[-1], last.best_epoch, "test", metrics, None, 0.0,
                                    sum(result.epochs for result in results))
     checkpoint = setup.run_dir.final_checkpoint
-    setup.info("final %s accuracy %.4f (%d images): %s at its best validation epoch (%d)", split, metrics.accuracy,
-               metrics.count, last.name, last.best_epoch)
+    setup.info("final %s accuracy %.4f (%d images): %s at its best validation epoch (%d), predicting with %s",
+               split, metrics.accuracy, metrics.count, last.name, last.best_epoch,
+               "every phase's head" if prediction["chosen"] == "heads" else "the network's classifier")
     cache = setup.inputs.report()
     summary = {
         "config": setup.recorder.identity.config, "classes": classes,
         "model": asdict(setup.recorder.identity.model), "phases": [asdict(r) for r in results], "final": final,
         "cache": asdict(cache), "seconds": time.perf_counter() - started, "checkpoint": str(checkpoint),
     }
-    setup.recorder.save_final(setup.plan[-1], setup.model.state_dict(), summary, setup.phase_names)
+    setup.recorder.save_final(setup.plan[-1], setup.model.state_dict(), summary, setup.phase_names,
+                              prediction=prediction["chosen"])
     setup.dist.barrier()
     return TrainResult(setup.run_dir.path, classes, results, final, checkpoint, time.perf_counter() - started,
                        setup.model, cache)
+
+
+def choose_prediction(setup: RunSetup) -> dict[str, Any]:
+    """What the trained network predicts with (``BlockwiseNet.prediction``), by ``config.prediction``.
+
+    ``auto`` scores the network's classifier and the mean of every phase's head on the validation
+    images and takes the heads where they score at least as well (ties go to the ensemble, which
+    averages out part of the noise each early-stopped head carries). Only where the plan trained
+    every auxiliary head: not for a standard run, nor where phases were skipped for reused frozen
+    blocks. Returns ``{"setting", "chosen", "validation"}`` (the two scores, or None when not measured).
+    """
+    setting = setup.config.prediction
+    model = setup.model
+    heads_trained = set(range(1, model.num_blocks)) <= {phase.last_block for phase in setup.plan}
+    if setting == "heads" or setting == "network" or not heads_trained or "validation" not in setup.inputs.loaders:
+        chosen = "heads" if setting == "heads" else "network"
+        return {"setting": setting, "chosen": chosen, "validation": None}
+    scores = {}
+    for mode in ("network", "heads"):
+        model.prediction = mode
+        scores[mode] = evaluate(setup, model, setup.inputs.images("validation")).compute().accuracy
+    chosen = "heads" if scores["heads"] >= scores["network"] else "network"
+    setup.info("prediction: the network's classifier scores %.4f on validation, the mean of every phase's head "
+               "%.4f: predicting with %s", scores["network"], scores["heads"],
+               "the heads" if chosen == "heads" else "the network")
+    return {"setting": setting, "chosen": chosen, "validation": scores}
 
 
 def average_gradients(setup: RunSetup, module: nn.Module) -> None:

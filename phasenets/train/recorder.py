@@ -8,7 +8,7 @@ that writes nothing, so the loop calls it the same way on every rank.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -116,11 +116,13 @@ class RunRecorder:
             config.save(self.run_dir.config_file)
 
     def save_final(self, phase: Phase, model_state: dict[str, torch.Tensor], summary: dict[str, Any],
-                   phase_names: dict[int, str]) -> None:
-        """``final.pt`` (the whole network), ``summary.json`` and the finished plots."""
+                   phase_names: dict[int, str], prediction: str = "network") -> None:
+        """``final.pt`` (the whole network, predicting with ``prediction``), ``summary.json`` and the
+        finished plots."""
         if not self.is_main:
             return
-        final = self.identity.checkpoint(phase, model_state, completed=True)
+        identity = replace(self.identity, model=replace(self.identity.model, prediction=prediction))
+        final = identity.checkpoint(phase, model_state, completed=True)
         self.checkpoints.write([self.run_dir.final_checkpoint], final.to_payload())
         self.run_dir.summary_file.write_text(json.dumps(summary, indent=2))
         self.log.refresh_plots(phase_names, final=True)

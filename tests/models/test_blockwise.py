@@ -155,3 +155,28 @@ def test_blocks_without_meta_kernels_are_probed_with_a_real_forward():
     model = BlockwiseNet.from_modules([nn.Conv2d(1, 1, 1), HostOnly()], num_classes=2, input_shape=(1, 2, 2))
     assert model.block_output_shapes == [(1, 2, 2), (2,)]
     assert model.blocks[1].training  # the probe ran in eval mode and put the mode back
+
+
+def test_prediction_with_the_heads_is_the_log_of_their_mean_probabilities():
+    torch.manual_seed(0)
+    model = BlockwiseNet.from_modules(_tiny_modules(), 4, (3, 8, 8)).eval()
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        network = model(x)
+        probabilities = [torch.softmax(model.phase_forward(model.features(x, k - 1), k), dim=1)
+                         for k in range(1, model.num_blocks + 1)]
+        model.prediction = "heads"
+        heads = model(x)
+    torch.testing.assert_close(network, model.features(x, model.num_blocks))  # "network": the classifier alone
+    torch.testing.assert_close(heads.exp(), sum(probabilities) / len(probabilities))
+    assert not torch.allclose(heads.softmax(1), network.softmax(1))
+    with pytest.raises(ModelConfigError, match="prediction must be one of network, heads; got 'mean'"):
+        model.prediction = "mean"
+
+
+def test_a_model_record_rebuilds_the_prediction_and_older_records_predict_with_the_network():
+    from phasenets.train.checkpoint import ModelRecord
+
+    fields = dict(name="lenet5", num_classes=3, in_channels=1, image_size=28, head="pooled_conv")
+    assert ModelRecord(**fields, prediction="heads").build().prediction == "heads"
+    assert ModelRecord(**fields).build().prediction == "network"  # a checkpoint written before the field
