@@ -147,8 +147,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, indent=2))
         return EXIT_OK
     top5 = "" if metrics["top5"] is None else f"  top-5 {metrics['top5']:.4f}"
+    how = "  (the mean of every phase's head)" if metrics["prediction"] == "heads" else ""
     print(f"{metrics['split']}: {metrics['count']} images  loss {metrics['loss']:.4f}  "
-          f"accuracy {metrics['accuracy']:.4f}{top5}")
+          f"accuracy {metrics['accuracy']:.4f}{top5}{how}")
     for name, accuracy in metrics["per_class_accuracy"].items():
         print(f"  {name:<20} {'-' if accuracy is None else f'{accuracy:.4f}'}")
     return EXIT_OK

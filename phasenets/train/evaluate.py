@@ -35,7 +35,8 @@ def load_trained_model(checkpoint: str | Path) -> tuple[nn.Module, Checkpoint]:
 @torch.no_grad()
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "test", *, batch_size: int = 64,
                         loader: str = "auto", num_workers: int = 2, device: str = "cpu") -> dict[str, Any]:
-    """Loss, top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on ``split``.
+    """Loss, top-1, top-5, per-class accuracy and the confusion matrix of a checkpoint on ``split``,
+    predicting as the checkpoint's network does (``prediction``: its classifier or every phase's head).
 
     The images go through the checkpoint's own normalization; the dataset's class folders must
     be the ones the network was trained on.
@@ -55,7 +56,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     metrics = tracker.compute()
     confusion = tracker.confusion.cpu()
     return {
-        "checkpoint": str(checkpoint), "split": split, **metrics.as_dict(),
+        "checkpoint": str(checkpoint), "split": split, "prediction": model.prediction, **metrics.as_dict(),
         "per_class_accuracy": dict(zip(data.classes, per_class_accuracy(confusion))),
         "confusion_matrix": confusion.tolist(),
     }

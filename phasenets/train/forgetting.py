@@ -6,6 +6,8 @@ remaining blocks, whose last one ends in task 1's classifier (the "old head"), a
 the same data. By default ``k`` is every block but the last, which is ModNet's "convolutional
 layers from the new module, fully connected layer from the previous one". The input goes through
 the normalization of the network that supplies block 1, the statistics that block was trained on.
+Every row predicts with the old network's own classifier, also where its run chose to predict with
+the mean of every phase's head: the test asks what the new blocks do under that classifier.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def forgetting_test(
 
     old_path = resolve_checkpoint(old)
     old_model, old_trained = load_trained_model(old_path)
+    old_model.prediction = "network"  # the composites below keep the old classifier, not the old heads
     data = task_splits(data_dir, old_trained.task)  # the old task's classes (its hierarchy)
     if data.classes != list(old_trained.classes):
         raise DatasetError(f"{data_dir} has classes {data.classes}; the old network {old_path} was trained on "
