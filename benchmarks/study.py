@@ -491,7 +491,8 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySetti
         "test_accuracy": result.final["accuracy"], "test_images": result.final["count"],
         # what the run predicted with, and what predicting the other way scores on the same test images
         "prediction": prediction["chosen"], "prediction_validation": prediction["validation"],
-        "test_accuracy_other_prediction": _other_prediction_accuracy(result, data_dir, settings),
+        "test_accuracy_other_prediction": (_other_prediction_accuracy(result, data_dir, settings)
+                                           if spec.schedule.startswith("phasewise") else None),
         "validation_accuracy": result.phases[-1].validation["accuracy"], "seconds": seconds,
         "phases": [{"name": p.name, "epochs": p.epochs, "best_epoch": p.best_epoch,
                     "validation_accuracy": p.validation["accuracy"], "seconds": p.seconds} for p in result.phases],
@@ -502,15 +503,12 @@ def train_run(spec: RunSpec, data_dir: Path, run_dir: Path, settings: StudySetti
     }
 
 
-def _other_prediction_accuracy(result, data_dir: Path, settings: StudySettings) -> float | None:
-    """Test accuracy of ``result``'s network predicting the way its run did not choose (with its
-    classifier where it chose every phase's head, and the other way round); None for a network
-    without trained heads (a standard run)."""
+def _other_prediction_accuracy(result, data_dir: Path, settings: StudySettings) -> float:
+    """Test accuracy of a phase-wise ``result``'s network predicting the way its run did not (with
+    its classifier where it predicted with every phase's head, and the other way round)."""
     from phasenets.train.curriculum import task_splits
     from phasenets.train.evaluate import load_trained_model, score_samples
 
-    if result.final["prediction"]["validation"] is None and result.final["prediction"]["chosen"] == "network":
-        return None
     model, trained = load_trained_model(result.checkpoint)
     model.prediction = "network" if model.prediction == "heads" else "heads"
     samples = task_splits(data_dir, trained.task).split("test")

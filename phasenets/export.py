@@ -97,10 +97,11 @@ def export_checkpoint(
         raise ConfigError(f"include_aux_heads applies to safetensors exports; a {format} export holds the "
                          "inference network only")
     metadata = _metadata(model, trained)
+    keep_heads = include_aux_heads or model.prediction == "heads"  # a network predicting with them needs them
     if format == "safetensors":
-        metadata["aux_heads"] = include_aux_heads or model.prediction == "heads"
+        metadata["aux_heads"] = keep_heads
     writer = {"onnx": _write_onnx, "torchscript": _write_torchscript,
-              "safetensors": functools.partial(_write_safetensors, aux_heads=metadata.get("aux_heads", False))}[format]
+              "safetensors": functools.partial(_write_safetensors, aux_heads=keep_heads)}[format]
     write_atomically(out, lambda path: writer(model, path, json.dumps(metadata)))
     result = ExportResult(out, format)
     if verify:

@@ -415,9 +415,8 @@ def choose_prediction(setup: RunSetup) -> dict[str, Any]:
     setting = setup.config.prediction
     model = setup.model
     heads_trained = set(range(1, model.num_blocks)) <= {phase.last_block for phase in setup.plan}
-    if setting == "heads" or setting == "network" or not heads_trained or "validation" not in setup.inputs.loaders:
-        chosen = "heads" if setting == "heads" else "network"
-        return {"setting": setting, "chosen": chosen, "validation": None}
+    if setting != "auto" or not heads_trained or "validation" not in setup.inputs.loaders:
+        return {"setting": setting, "chosen": "heads" if setting == "heads" else "network", "validation": None}
     scores = {}
     for mode in ("network", "heads"):
         model.prediction = mode
