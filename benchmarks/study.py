@@ -61,7 +61,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from phasenets.config import AUGMENT_PRESETS, DEFAULT_HEAD, HEADS, LOADERS
+from phasenets.config import AUGMENT_PRESETS, DEFAULT_HEAD, HEADS, LOADERS, PREDICTION_CHOICES
 
 __all__ = [
     "MODEL_INPUTS", "SCHEDULES", "QUICK", "RunSpec", "StudySettings", "StudyOutcome", "StudyRow",
@@ -1031,7 +1031,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="linear learning-rate warm-up over the first epochs of every phase")
     parser.add_argument("--similarity-weight", type=float, default=defaults.similarity_weight,
                         help="PredSim's similarity-matching term in the local loss of the headed phases")
-    parser.add_argument("--prediction", default=defaults.prediction, choices=("auto", "network", "heads"),
+    parser.add_argument("--prediction", default=defaults.prediction, choices=PREDICTION_CHOICES,
                         help="what a trained network predicts with: its classifier, the mean of every phase's head, "
                              "or auto: the heads where they score at least the classifier's validation accuracy")
     parser.add_argument("--model-options", default=defaults.model_options,

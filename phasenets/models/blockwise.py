@@ -312,11 +312,16 @@ class BlockwiseNet(nn.Module):
         """The log of the mean of every phase's class probabilities: each auxiliary head's on its
         block's output, and the network's own. Log-probabilities are logits (softmax gives the
         mean back), so losses and argmax read them as they read the network's."""
+        return mean_of_log_probs(self.phase_log_probs(x))
+
+    def phase_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """``[num_blocks, B, num_classes]``: each phase's class log-probabilities, from one pass
+        through the blocks; the last row is the network's own (log-softmax of its logits)."""
         log_probs = []
         for k, block in enumerate(self.blocks, start=1):
             x = block(x)
             log_probs.append(torch.log_softmax(self.head(k)(x).float(), dim=1))
-        return torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))
+        return torch.stack(log_probs)
 
     def features(self, x: torch.Tensor, upto: int) -> torch.Tensor:
         """Output of blocks ``1..upto`` applied to ``x``; ``upto=0`` returns ``x`` unchanged."""
@@ -377,6 +382,11 @@ class BlockwiseNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_classes={self.num_classes}, input_shape={self.input_shape}"
+
+
+def mean_of_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """The log of the mean of the probabilities whose logs are stacked along dim 0."""
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(log_probs))
 
 
 def _check_arguments(

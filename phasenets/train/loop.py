@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from phasenets.errors import CheckpointError
+from phasenets.models.blockwise import PREDICTIONS, mean_of_log_probs
 from phasenets.train.batch_norm import reestimate_batch_norm
 from phasenets.train.checkpoint import restore_rng_state
 from phasenets.train.early_stopping import EarlyStopping
@@ -302,18 +304,28 @@ def train_epoch(setup: RunSetup, state: PhaseState) -> SplitMetrics:
 @torch.no_grad()
 def evaluate(setup: RunSetup, forward: nn.Module, source) -> MetricTracker:
     """``forward`` over every batch of ``source`` in eval mode, totalled over the processes."""
+    return evaluate_outputs(setup, lambda inputs: {"": forward(inputs)}, source, [""])[""]
+
+
+def evaluate_outputs(setup: RunSetup, forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], source,
+                     names: Sequence[str]) -> dict[str, MetricTracker]:
+    """Like `evaluate`, for a ``forward`` that returns several named logits (``names``) per batch:
+    one tracker each, from one pass over ``source``."""
     model = setup.model
     was_training = model.training
     model.eval()
     criterion = nn.CrossEntropyLoss()
-    tracker = MetricTracker(model.num_classes, setup.dist.device)
+    trackers = {name: MetricTracker(model.num_classes, setup.dist.device) for name in names}
     for inputs, labels, _ in source:
         with setup.precision.autocast():
-            logits = forward(setup.precision.layout(inputs)).float()
-        tracker.update(logits, labels, criterion(logits, labels))
-    tracker.reduce(setup.dist.all_reduce_sum)
+            outputs = forward(setup.precision.layout(inputs))
+        for name, tracker in trackers.items():
+            logits = outputs[name].float()
+            tracker.update(logits, labels, criterion(logits, labels))
+    for tracker in trackers.values():
+        tracker.reduce(setup.dist.all_reduce_sum)
     model.train(was_training)
-    return tracker
+    return trackers
 
 
 def end_phase(setup: RunSetup, state: PhaseState, done: list[PhaseResult]) -> PhaseResult:
@@ -369,10 +381,13 @@ def finish(setup: RunSetup, results: list[PhaseResult], started: float) -> Train
     """Evaluate the whole network (the last phase's best-validation weights) once, on the test
     split where there is one: that is the run's test score, the last phase's included. Then write
     the final checkpoint, the summary and the plots."""
-    prediction = choose_prediction(setup)
+    prediction, scored = choose_prediction(setup)
     setup.model.prediction = prediction["chosen"]
     split = "test" if "test" in setup.inputs.loaders else "validation"
-    tracker = evaluate(setup, setup.model, setup.inputs.images(split))
+    if scored is not None and split == "validation":  # the choice already scored the network on it
+        tracker = scored[prediction["chosen"]]
+    else:
+        tracker = evaluate(setup, setup.model, setup.inputs.images(split))
     metrics = tracker.compute()
     classes = setup.data.classes
     last = results[-1]
@@ -403,29 +418,34 @@ def finish(setup: RunSetup, results: list[PhaseResult], started: float) -> Train
                        setup.model, cache)
 
 
-def choose_prediction(setup: RunSetup) -> dict[str, Any]:
+def choose_prediction(setup: RunSetup) -> tuple[dict[str, Any], dict[str, MetricTracker] | None]:
     """What the trained network predicts with (``BlockwiseNet.prediction``), by ``config.prediction``.
 
     ``auto`` scores the network's classifier and the mean of every phase's head on the validation
     images and takes the heads where they score at least as well (ties go to the ensemble, which
     averages out part of the noise each early-stopped head carries). Only where the plan trained
     every auxiliary head: not for a standard run, nor where phases were skipped for reused frozen
-    blocks. Returns ``{"setting", "chosen", "validation"}`` (the two scores, or None when not measured).
+    blocks. Both are scored in one pass: the blocks run once per batch, and every head reads them.
+    Returns ``{"setting", "chosen", "validation"}`` (the two scores, or None when not measured) and
+    the validation trackers of both (None when not measured).
     """
     setting = setup.config.prediction
     model = setup.model
     heads_trained = set(range(1, model.num_blocks)) <= {phase.last_block for phase in setup.plan}
     if setting != "auto" or not heads_trained or "validation" not in setup.inputs.loaders:
-        return {"setting": setting, "chosen": "heads" if setting == "heads" else "network", "validation": None}
-    scores = {}
-    for mode in ("network", "heads"):
-        model.prediction = mode
-        scores[mode] = evaluate(setup, model, setup.inputs.images("validation")).compute().accuracy
+        return {"setting": setting, "chosen": "heads" if setting == "heads" else "network", "validation": None}, None
+
+    def both(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        log_probs = model.phase_log_probs(inputs)
+        return {"network": log_probs[-1], "heads": mean_of_log_probs(log_probs)}
+
+    scored = evaluate_outputs(setup, both, setup.inputs.images("validation"), PREDICTIONS)
+    scores = {mode: tracker.compute().accuracy for mode, tracker in scored.items()}
     chosen = "heads" if scores["heads"] >= scores["network"] else "network"
     setup.info("prediction: the network's classifier scores %.4f on validation, the mean of every phase's head "
                "%.4f: predicting with %s", scores["network"], scores["heads"],
                "the heads" if chosen == "heads" else "the network")
-    return {"setting": setting, "chosen": chosen, "validation": scores}
+    return {"setting": setting, "chosen": chosen, "validation": scores}, scored
 
 
 def average_gradients(setup: RunSetup, module: nn.Module) -> None:
