@@ -312,7 +312,7 @@ class BlockwiseNet(nn.Module):
         """The log of the mean of every phase's class probabilities: each auxiliary head's on its
         block's output, and the network's own. Log-probabilities are logits (softmax gives the
         mean back), so losses and argmax read them as they read the network's."""
-        return mean_of_log_probs(self.phase_log_probs(x))
+        return mean_of_log_probs(self.phase_log_probs(x), self.num_blocks)
 
     def phase_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """``[num_blocks, B, num_classes]``: each phase's class log-probabilities, from one pass
@@ -384,9 +384,10 @@ class BlockwiseNet(nn.Module):
         return f"name={self.name!r}, num_classes={self.num_classes}, input_shape={self.input_shape}"
 
 
-def mean_of_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
-    """The log of the mean of the probabilities whose logs are stacked along dim 0."""
-    return torch.logsumexp(log_probs, dim=0) - math.log(len(log_probs))
+def mean_of_log_probs(log_probs: torch.Tensor, count: int) -> torch.Tensor:
+    """The log of the mean of the ``count`` probabilities whose logs are stacked along dim 0
+    (``count`` is given, not read from the tensor, so that a traced export keeps it a constant)."""
+    return torch.logsumexp(log_probs, dim=0) - math.log(count)
 
 
 def _check_arguments(

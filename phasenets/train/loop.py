@@ -437,7 +437,7 @@ def choose_prediction(setup: RunSetup) -> tuple[dict[str, Any], dict[str, Metric
 
     def both(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         log_probs = model.phase_log_probs(inputs)
-        return {"network": log_probs[-1], "heads": mean_of_log_probs(log_probs)}
+        return {"network": log_probs[-1], "heads": mean_of_log_probs(log_probs, model.num_blocks)}
 
     scored = evaluate_outputs(setup, both, setup.inputs.images("validation"), PREDICTIONS)
     scores = {mode: tracker.compute().accuracy for mode, tracker in scored.items()}
